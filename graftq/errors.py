@@ -1,0 +1,87 @@
+"""Every error graftq raises, in one tree.
+
+::
+
+    GraftError
+    ├── EntityNotFound          (also ValueError)  unknown ecs_id or lineage_id
+    ├── InvalidReference        (also ValueError)  malformed "@..." reference or bad path
+    ├── InvalidEntity           (also ValueError)  not an Entity, a cycle, an object twice
+    ├── CorruptVersion                             stored data that cannot be read back
+    ├── UnknownEntityType                          stored type name with no Entity class
+    ├── RegistrationError                          a callable that cannot be registered
+    ├── UnknownCallable         (also KeyError)    no callable of that name
+    ├── ReturnTypeError         (also TypeError)   return value the annotation refuses
+    ├── VersionConflict                            a head moved under a commit
+    ├── IsolationError                             the isolated child died
+    │   └── TimeLimitExceeded                      ... because it ran out of time
+    ├── SignatureError                             published function with a bad signature
+    └── JobTimeout              (also TimeoutError) waited past Job.get(timeout)
+
+The class docstring is the default message; every raise names the id, path or
+value that was wrong.
+"""
+
+from __future__ import annotations
+
+
+class GraftError(Exception):
+    """graftq failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (type(self).__doc__ or "").strip())
+
+
+class EntityNotFound(GraftError, ValueError):
+    """No stored entity version or lineage has that id."""
+
+
+class InvalidReference(GraftError, ValueError):
+    """An "@..." reference is malformed or its path does not exist."""
+
+
+class InvalidEntity(GraftError, ValueError):
+    """The value cannot be stored as an entity tree."""
+
+
+class CorruptVersion(GraftError):
+    """A stored version document cannot be read back."""
+
+
+class UnknownEntityType(GraftError):
+    """A stored version names an Entity class this process does not define."""
+
+
+class RegistrationError(GraftError):
+    """The callable cannot be registered."""
+
+
+class UnknownCallable(GraftError, KeyError):
+    """No callable is registered or published under that name."""
+
+    def __str__(self) -> str:
+        # KeyError.__str__ would repr() the message and add quotes.
+        return str(self.args[0]) if self.args else ""
+
+
+class ReturnTypeError(GraftError, TypeError):
+    """The function returned a value its return annotation does not admit."""
+
+
+class VersionConflict(GraftError):
+    """A lineage head moved between reading and committing."""
+
+
+class IsolationError(GraftError):
+    """The isolated child process died before it returned a result."""
+
+
+class TimeLimitExceeded(IsolationError):
+    """The isolated child ran past its time limit and was killed."""
+
+
+class SignatureError(GraftError):
+    """A published function has no valid signature, so it was not loaded."""
+
+
+class JobTimeout(GraftError, TimeoutError):
+    """The job did not finish within the wait."""

@@ -1,0 +1,123 @@
+"""Change detection: which nodes of a tree need new versions, and what to write.
+
+Works bottom-up like a Merkle tree: a node's document names its sub-entities
+by their resulting `ecs_id`, so a changed sub-entity changes every ancestor's
+document while untouched siblings keep their ids and are not written again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import uuid4
+
+from graftq.errors import InvalidEntity
+from graftq.registry.tree import Node, encode, nodes, own_data
+
+
+@dataclass(frozen=True)
+class Version:
+    """A new version document to write."""
+
+    ecs_id: str
+    lineage_id: str
+    parent_id: str | None
+    doc: dict[str, Any]
+    raw: str
+
+
+@dataclass
+class Plan:
+    """Everything one commit writes, and the heads it expects to find."""
+
+    roots: list[str] = field(default_factory=list)
+    new: list[Version] = field(default_factory=list)
+    expect: dict[str, str | None] = field(default_factory=dict)
+    docs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def plan(
+    trees: list[Node],
+    stored: Mapping[str, dict[str, Any]],
+    *,
+    now: datetime,
+    derived_from: str | None,
+) -> Plan:
+    """The versions that storing `trees` needs, given the `stored` documents of their nodes.
+
+    `expect` maps each lineage that gets a new version to the head it must still
+    have at commit time: the version it was read as, or None for a new lineage.
+    """
+    result = Plan(docs=dict(stored))
+    done: dict[int, str] = {}
+    content: dict[str, tuple[Any, ...]] = {}
+    for tree in trees:
+        for node in nodes(tree):
+            done[id(node)] = _version_of(node, done, content, result, now, derived_from)
+        result.roots.append(done[id(tree)])
+    return result
+
+
+def _version_of(
+    node: Node,
+    done: dict[int, str],
+    content: dict[str, tuple[Any, ...]],
+    result: Plan,
+    now: datetime,
+    derived_from: str | None,
+) -> str:
+    entity = node.entity
+    kids = [[list(path), done[id(kid)]] for path, kid in node.kids]
+    data = own_data(entity, [path for path, _ in node.kids])
+    key = (type(entity).graftq_type, data, kids)
+    ecs_id = str(entity.ecs_id)
+    if ecs_id in content:  # the same entity reached again through another root
+        if content[ecs_id][0] != key:
+            raise InvalidEntity(f"entity {ecs_id} is given twice with different contents")
+        return str(content[ecs_id][1])
+    old = result.docs.get(ecs_id)
+    if old is not None and (old["type"], old["data"], old["kids"]) == key:
+        content[ecs_id] = (key, ecs_id)
+        return ecs_id
+    version = _new_version(entity.lineage_id, ecs_id, old, key, now, derived_from)
+    _expect(result, version.lineage_id, version.parent_id)
+    result.new.append(version)
+    result.docs[version.ecs_id] = version.doc
+    content[ecs_id] = (key, version.ecs_id)
+    return version.ecs_id
+
+
+def _new_version(
+    lineage_id: Any,
+    ecs_id: str,
+    old: dict[str, Any] | None,
+    key: tuple[Any, ...],
+    now: datetime,
+    derived_from: str | None,
+) -> Version:
+    if old is None:  # never stored: the object's own ids start a new lineage
+        new_id, lineage, parent = ecs_id, str(lineage_id), None
+    else:
+        new_id, lineage, parent = str(uuid4()), old["lineage_id"], ecs_id
+    type_name, data, kids = key
+    doc = {
+        "type": type_name,
+        "ecs_id": new_id,
+        "lineage_id": lineage,
+        "parent_id": parent,
+        "created_at": now.isoformat(),
+        "derived_from": derived_from,
+        "kids": kids,
+        "data": data,
+    }
+    return Version(new_id, lineage, parent, doc, encode(doc))
+
+
+def _expect(result: Plan, lineage_id: str, parent_id: str | None) -> None:
+    if lineage_id in result.expect:
+        raise InvalidEntity(
+            f"two versions of lineage {lineage_id} in one commit; store them one at a time"
+        )
+    result.expect[lineage_id] = parent_id

@@ -1,0 +1,65 @@
+"""The `Entity` base model, its identity fields, and the registry of Entity classes.
+
+Stored documents name their class by a stable type name; on load the class is
+looked up here, never imported from a module named by data in Redis.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from graftq.errors import UnknownEntityType
+
+IDENTITY_FIELDS = frozenset({"ecs_id", "lineage_id", "parent_id", "created_at", "derived_from"})
+
+_ENTITY_TYPES: dict[str, type[Entity]] = {}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Entity(BaseModel):
+    """A Pydantic model whose every stored change is a new immutable version.
+
+    The identity fields are set by the store; users never need to set them.
+    Subclasses are registered under `graftq_type` (default: module and
+    qualified class name); set it explicitly to keep stored data readable
+    after moving the class to another module.
+    """
+
+    model_config = ConfigDict(validate_default=False)
+
+    graftq_type: ClassVar[str] = "graftq.Entity"
+
+    ecs_id: UUID = Field(default_factory=uuid4, description="id of this exact version")
+    lineage_id: UUID = Field(default_factory=uuid4, description="id shared by all versions")
+    parent_id: UUID | None = Field(default=None, description="the version this one came from")
+    created_at: datetime = Field(default_factory=_now, description="UTC time it was stored")
+    derived_from: str | None = Field(default=None, description="id of the producing execution")
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if "graftq_type" not in cls.__dict__:
+            cls.graftq_type = f"{cls.__module__}.{cls.__qualname__}"
+        # A redefinition (module reload, a class made in a function) replaces the old one.
+        _ENTITY_TYPES[cls.graftq_type] = cls
+
+
+_ENTITY_TYPES[Entity.graftq_type] = Entity
+
+
+def entity_class(type_name: str) -> type[Entity]:
+    """The Entity class registered under `type_name`."""
+    try:
+        return _ENTITY_TYPES[type_name]
+    except KeyError:
+        raise UnknownEntityType(
+            f"stored entity type {type_name!r} is not defined in this process; "
+            "import the module that defines it before loading"
+        ) from None

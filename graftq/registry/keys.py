@@ -1,0 +1,60 @@
+"""Every Redis key graftq uses, in one place.
+
+=====================================  ======  ==============================================
+key                                    type    holds
+=====================================  ======  ==============================================
+``{p}:v:{ecs_id}``                     string  one version document (JSON, see `tree`)
+``{p}:head:{lineage_id}``              string  ecs_id of the lineage's current version
+``{p}:hist:{lineage_id}``              list    ecs_ids of every version, in commit order
+``{p}:exec:{execution_id}``            string  the Execution record (JSON)
+``{p}:memo:{callable_version}:{hash}`` string  execution id of a cached successful run
+``{p}:fn:{name}``                      hash    published function: version → signed payload
+``{p}:fn:{name}:latest``               string  newest published version of that name
+``{p}:fns``                            set     names of all published functions
+=====================================  ======  ==============================================
+
+``{p}`` is the key prefix, ``graftq`` unless the App says otherwise. Version
+documents, histories and execution records are never overwritten except an
+execution record that failed, which a retry replaces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from uuid import UUID
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix."""
+
+    prefix: str = "graftq"
+
+    def version(self, ecs_id: UUID | str) -> str:
+        return f"{self.prefix}:v:{ecs_id}"
+
+    @property
+    def version_prefix(self) -> str:
+        return f"{self.prefix}:v:"
+
+    def head(self, lineage_id: UUID | str) -> str:
+        return f"{self.prefix}:head:{lineage_id}"
+
+    def history(self, lineage_id: UUID | str) -> str:
+        return f"{self.prefix}:hist:{lineage_id}"
+
+    def execution(self, execution_id: str) -> str:
+        return f"{self.prefix}:exec:{execution_id}"
+
+    def memo(self, callable_version: str, input_hash: str) -> str:
+        return f"{self.prefix}:memo:{callable_version}:{input_hash}"
+
+    def function(self, name: str) -> str:
+        return f"{self.prefix}:fn:{name}"
+
+    def function_latest(self, name: str) -> str:
+        return f"{self.prefix}:fn:{name}:latest"
+
+    @property
+    def functions(self) -> str:
+        return f"{self.prefix}:fns"

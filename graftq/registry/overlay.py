@@ -1,0 +1,83 @@
+"""A private overlay over Redis: the store as an isolated child sees it.
+
+Reads fall through to Redis; writes land in this process's memory and vanish
+with it. It offers the few redis-py methods the store uses, so the commit code
+is the same for both.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any, cast
+
+import redis
+
+
+class OverlayClient:
+    """Reads from `base`, keeps every write to itself."""
+
+    def __init__(self, base: redis.Redis) -> None:
+        self.base = base
+        self.strings: dict[str, str] = {}
+        self.lists: dict[str, list[str]] = {}
+
+    def mget(self, keys: list[str]) -> list[str | None]:
+        missing = [key for key in keys if key not in self.strings]
+        below = cast(list[str | None], self.base.mget(missing)) if missing else []
+        found = dict(zip(missing, below, strict=True))
+        return [self.strings[key] if key in self.strings else found[key] for key in keys]
+
+    def get(self, key: str) -> str | None:
+        return self.mget([key])[0]
+
+    def lrange(self, key: str, start: int, end: int) -> list[str]:
+        items = cast(list[str], self.base.lrange(key, 0, -1)) + self.lists.get(key, [])
+        return items[start : (None if end == -1 else end + 1)]
+
+    def set(self, key: str, value: str) -> None:
+        self.strings[key] = value
+
+    def rpush(self, key: str, *values: str) -> None:
+        self.lists.setdefault(key, []).extend(values)
+
+    def pipeline(self, transaction: bool = True) -> OverlayPipeline:
+        return OverlayPipeline(self)
+
+
+class OverlayPipeline:
+    """Queues writes after multi() and applies them on execute(); nobody else writes here."""
+
+    def __init__(self, client: OverlayClient) -> None:
+        self._client = client
+        self._queued: list[tuple[str, tuple[Any, ...]]] = []
+
+    def watch(self, *keys: str) -> None:
+        """Nothing to watch: this process is the overlay's only writer."""
+
+    def mget(self, keys: list[str]) -> list[str | None]:
+        return self._client.mget(keys)
+
+    def multi(self) -> None:
+        self._queued.clear()
+
+    def set(self, key: str, value: str) -> None:
+        self._queued.append(("set", (key, value)))
+
+    def rpush(self, key: str, *values: str) -> None:
+        self._queued.append(("rpush", (key, *values)))
+
+    def execute(self) -> None:
+        for method, args in self._queued:
+            getattr(self._client, method)(*args)
+        self._queued.clear()
+
+    def __enter__(self) -> OverlayPipeline:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._queued.clear()

@@ -1,0 +1,275 @@
+"""`EntityRegistry`: put, get, head, history and provenance of versioned entities."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+from uuid import UUID
+
+import redis
+
+from graftq.errors import EntityNotFound, GraftError, VersionConflict
+from graftq.registry import commit
+from graftq.registry.entity import Entity
+from graftq.registry.execution import Execution
+from graftq.registry.keys import Keys
+from graftq.registry.overlay import OverlayClient
+from graftq.registry.tree import build, decode_doc, walk
+
+# Breadth-first from the given versions through their documents' kids; returns
+# id, raw pairs ("" when missing): a tree of any size in one round trip.
+_LOAD_TREES = """
+local prefix = ARGV[1]
+local out, seen, queue, i = {}, {}, {}, 1
+for n = 2, #ARGV do queue[#queue + 1] = ARGV[n] end
+while i <= #queue do
+  local id = queue[i]
+  i = i + 1
+  if not seen[id] then
+    seen[id] = true
+    local raw = redis.call('GET', prefix .. id)
+    out[#out + 1] = id
+    out[#out + 1] = raw or ''
+    if raw then
+      local ok, doc = pcall(cjson.decode, raw)
+      if ok and type(doc) == 'table' and type(doc.kids) == 'table' then
+        for _, kid in ipairs(doc.kids) do
+          if type(kid) == 'table' and type(kid[2]) == 'string' then
+            queue[#queue + 1] = kid[2]
+          end
+        end
+      end
+    end
+  end
+end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class Committed:
+    """The result of `EntityRegistry.commit`."""
+
+    entities: list[Entity]
+    execution: Execution | None = None
+    branched: bool = False
+    replayed: bool = False
+
+
+def as_uuid(value: UUID | str) -> UUID:
+    """`value` as a UUID; a malformed id is an unknown one."""
+    if isinstance(value, UUID):
+        return value
+    try:
+        return UUID(str(value))
+    except ValueError:
+        raise EntityNotFound(f"{value!r} is not an entity id (expected a UUID)") from None
+
+
+class EntityRegistry:
+    """Versioned Pydantic entities in one Redis database (`app.entities`).
+
+    `client` must decode responses to str. Every commit is one atomic
+    WATCH/MULTI/EXEC transaction, retried at most `max_retries` times when a
+    concurrent writer touches a watched key.
+    """
+
+    def __init__(
+        self, client: redis.Redis, *, prefix: str = "graftq", max_retries: int = 16
+    ) -> None:
+        self.keys = Keys(prefix)
+        self.max_retries = max_retries
+        self._client: Any = client
+        self._load_script = client.register_script(_LOAD_TREES)
+
+    @property
+    def isolated(self) -> bool:
+        """True inside an isolated child, where writes go to a private overlay."""
+        return isinstance(self._client, OverlayClient)
+
+    def isolate(self) -> None:
+        """From now on, read Redis but keep every write in this process's memory."""
+        if not self.isolated:
+            self._client = OverlayClient(self._client)
+
+    # -- writing ---------------------------------------------------------------
+
+    def put(self, entity: Entity, *, branch: bool = False) -> Entity:
+        """Store the tree; returns the stored copy. The caller's object is never mutated."""
+        return self.commit([entity], branch=branch).entities[0]
+
+    def commit(
+        self,
+        roots: Sequence[Entity],
+        *,
+        branch: bool = False,
+        execution: Execution | None = None,
+        memo_key: str | None = None,
+    ) -> Committed:
+        """Store several trees (and an execution record) in one transaction.
+
+        With an `execution` whose id already has a successful record, nothing is
+        written and the recorded execution comes back with `replayed=True`.
+        """
+        request = commit.Request(
+            trees=[walk(root) for root in roots],
+            branch=branch,
+            derived_from=execution.id if execution else None,
+            execution=execution,
+            memo_key=memo_key,
+        )
+        for _ in range(self.max_retries):
+            outcome = commit.attempt(self._client, self.keys, request)
+            if isinstance(outcome, commit.Retry):
+                request = commit.Request(**{**request.__dict__, "lineages": outcome.lineages})
+                continue
+            if outcome.replayed is not None:
+                return Committed([], outcome.replayed, outcome.replayed.branched, replayed=True)
+            plan = outcome.plan
+            recorded = execution and execution.model_copy(
+                update={"branched": outcome.branched, "outputs": list(plan.roots)}
+            )
+            trees = [build(root, plan.docs) for root in plan.roots]
+            return Committed(trees, recorded, outcome.branched)
+        raise VersionConflict(
+            f"gave up after {self.max_retries} attempts: concurrent writers kept changing "
+            f"lineages {sorted(request.lineages)}"
+        )
+
+    # -- reading ---------------------------------------------------------------
+
+    def get(self, ecs_id: UUID | str) -> Entity:
+        """That exact version (root or sub-entity) as a fresh copy."""
+        return self.get_many([ecs_id])[0]
+
+    def get_many(self, ecs_ids: Iterable[UUID | str]) -> list[Entity]:
+        """Several versions in one round trip, in the order asked."""
+        wanted = [str(as_uuid(i)) for i in ecs_ids]
+        docs = self._load(wanted)
+        for ecs_id in wanted:
+            if ecs_id not in docs:
+                raise EntityNotFound(self._not_found(ecs_id, "version"))
+        return [build(ecs_id, docs) for ecs_id in wanted]
+
+    def head_id(self, lineage_id: UUID | str) -> str:
+        """The ecs_id of the lineage's current version."""
+        lineage = str(as_uuid(lineage_id))
+        found = cast(str | None, self._client.get(self.keys.head(lineage)))
+        if found is None:
+            raise EntityNotFound(self._not_found(lineage, "lineage"))
+        return found
+
+    def head(self, lineage_id: UUID | str) -> Entity:
+        """The current version of a lineage."""
+        return self.get(self.head_id(lineage_id))
+
+    def history(self, lineage_id: UUID | str) -> list[Entity]:
+        """Every stored version of the lineage, branches included, oldest first."""
+        return self.get_many(self.version_ids(lineage_id))
+
+    def version_ids(self, lineage_id: UUID | str) -> list[str]:
+        """The ecs_ids of the lineage's versions in commit order."""
+        lineage = str(as_uuid(lineage_id))
+        ids = cast(list[str], self._client.lrange(self.keys.history(lineage), 0, -1))
+        if not ids:
+            raise EntityNotFound(self._not_found(lineage, "lineage"))
+        return ids
+
+    def classify(self, uuids: Iterable[UUID | str]) -> dict[str, tuple[str, bool]]:
+        """For each uuid, the version it means now and whether it was pinned.
+
+        A version id means itself (pinned); a lineage id means its head. One
+        round trip for any number of ids; unknown ids are left out.
+        """
+        ids = list(dict.fromkeys(str(as_uuid(u)) for u in uuids))
+        keys = [self.keys.version(i) for i in ids] + [self.keys.head(i) for i in ids]
+        values = cast(list[str | None], self._client.mget(keys))
+        found: dict[str, tuple[str, bool]] = {}
+        for n, uid in enumerate(ids):
+            if values[n] is not None:
+                found[uid] = (uid, True)
+            elif (head := values[len(ids) + n]) is not None:
+                found[uid] = (head, False)
+        return found
+
+    def provenance(self, ecs_id: UUID | str) -> Execution | None:
+        """The execution that produced that version; None if it was stored directly."""
+        version = str(as_uuid(ecs_id))
+        raw = cast(str | None, self._client.get(self.keys.version(version)))
+        if raw is None:
+            raise EntityNotFound(self._not_found(version, "version"))
+        execution_id = decode_doc(version, raw)["derived_from"]
+        return None if execution_id is None else self.execution(execution_id)
+
+    def execution(self, execution_id: str) -> Execution | None:
+        """The recorded execution with that id, if any."""
+        raw = self._client.get(self.keys.execution(execution_id))
+        return None if raw is None else Execution.model_validate_json(raw)
+
+    def lineage_mermaid(self, lineage_id: UUID | str) -> str:
+        """A Mermaid `graph TD` of the lineage's versions, edges labelled by callable."""
+        ids = self.version_ids(lineage_id)
+        head = self.head_id(lineage_id)
+        raws = cast(list[str | None], self._client.mget([self.keys.version(i) for i in ids]))
+        docs = [decode_doc(i, raw or "") for i, raw in zip(ids, raws, strict=True)]
+        runs = sorted({d["derived_from"] for d in docs if d["derived_from"]})
+        labels = dict(zip(runs, self._callable_names(runs), strict=True))
+        lines = ["graph TD"]
+        for doc in docs:
+            node = _mermaid_id(doc["ecs_id"])
+            mark = " (head)" if doc["ecs_id"] == head else ""
+            lines.append(f'    {node}["{doc["ecs_id"][:8]}{mark}"]')
+            if doc["parent_id"]:
+                label = labels.get(doc["derived_from"], "put")
+                lines.append(f"    {_mermaid_id(doc['parent_id'])} -->|{label}| {node}")
+        return "\n".join(lines)
+
+    # -- internals -------------------------------------------------------------
+
+    def _callable_names(self, execution_ids: list[str]) -> list[str]:
+        if not execution_ids:
+            return []
+        raws = self._client.mget([self.keys.execution(i) for i in execution_ids])
+        return [json.loads(raw)["callable"] if raw else "?" for raw in raws]
+
+    def _load(self, ecs_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Parsed documents of these versions and all below them."""
+        if not ecs_ids:
+            return {}
+        if self.isolated:
+            raws = self._load_by_level(ecs_ids)
+        else:
+            flat = self._load_script(args=[self.keys.version_prefix, *ecs_ids])
+            raws = {flat[n]: flat[n + 1] for n in range(0, len(flat), 2)}
+        return {i: decode_doc(i, raw) for i, raw in raws.items() if raw}
+
+    def _load_by_level(self, ecs_ids: list[str]) -> dict[str, str | None]:
+        found: dict[str, str | None] = {}
+        frontier = list(dict.fromkeys(ecs_ids))
+        while frontier:  # one batch per tree level; only inside an isolated child
+            raws = self._client.mget([self.keys.version(i) for i in frontier])
+            found.update(zip(frontier, raws, strict=True))
+            below = (kid for i, raw in zip(frontier, raws, strict=True) if raw
+                     for _, kid in decode_doc(i, raw)["kids"])  # fmt: skip
+            frontier = [kid for kid in dict.fromkeys(below) if kid not in found]
+        return found
+
+    def _not_found(self, uid: str, kind: str) -> str:
+        other = "lineage" if kind == "version" else "version"
+        key = self.keys.head(uid) if other == "lineage" else self.keys.version(uid)
+        hint = ""
+        try:
+            if self._client.get(key) is not None:
+                hint = f" ({uid} is a {other} id; use {'head' if other == 'lineage' else 'get'}())"
+        except redis.RedisError:  # pragma: no cover - the hint is best effort
+            pass
+        return f"no entity {kind} {uid} in the store{hint}"
+
+
+def _mermaid_id(ecs_id: str) -> str:
+    return "v" + ecs_id.replace("-", "")
+
+
+__all__ = ["Committed", "EntityRegistry", "GraftError", "as_uuid"]

@@ -1,0 +1,152 @@
+"""Entity trees: walking them, and the one-node documents they are stored as.
+
+A version document holds one entity's own fields; each sub-entity is cut out
+and named by its `ecs_id` in `kids` (its path inside the data, then its id),
+so an unchanged sub-entity is referenced, never copied. Documents are JSON::
+
+    {"type": "app.Student", "ecs_id": "...", "lineage_id": "...",
+     "parent_id": "..." | null, "created_at": "...", "derived_from": "..." | null,
+     "kids": [[["address"], "<ecs_id>"], [["friends", 0], "<ecs_id>"]],
+     "data": {"name": "Ada", "friends": [], ...}}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from graftq.errors import CorruptVersion, InvalidEntity
+from graftq.registry.entity import IDENTITY_FIELDS, Entity, entity_class
+
+PathPart = str | int
+Path = tuple[PathPart, ...]
+
+
+@dataclass(eq=False)
+class Node:
+    """One entity of a tree, with its direct sub-entities in document order."""
+
+    entity: Entity
+    kids: list[tuple[Path, Node]] = field(default_factory=list)
+
+
+def walk(root: Any) -> Node:
+    """The tree under `root`; a cycle or one object twice → `InvalidEntity`."""
+    if not isinstance(root, Entity):
+        raise InvalidEntity(
+            f"only Entity instances can be stored, got {type(root).__name__}: {root!r:.80}"
+        )
+    return _walk(root, on_path=set(), seen={})
+
+
+def _walk(entity: Entity, on_path: set[int], seen: dict[int, Path]) -> Node:
+    node = Node(entity)
+    on_path.add(id(entity))
+    for path, sub in _sub_entities(entity):
+        if id(sub) in on_path:
+            raise InvalidEntity(f"cycle: entity {sub.ecs_id} contains itself at {_dotted(path)}")
+        if id(sub) in seen:
+            raise InvalidEntity(
+                f"entity object {sub.ecs_id} appears twice in one tree "
+                f"(at {_dotted(seen[id(sub)])} and {_dotted(path)}); store a copy instead"
+            )
+        seen[id(sub)] = path
+        node.kids.append((path, _walk(sub, on_path, seen)))
+    on_path.discard(id(entity))
+    return node
+
+
+def _sub_entities(entity: Entity) -> Iterator[tuple[Path, Entity]]:
+    for name in type(entity).model_fields:
+        if name not in IDENTITY_FIELDS:
+            yield from _find(getattr(entity, name), (name,))
+
+
+def _find(value: Any, path: Path) -> Iterator[tuple[Path, Entity]]:
+    if isinstance(value, Entity):
+        yield path, value
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _find(item, (*path, index))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str):
+                yield from _find(item, (*path, key))
+            elif any(True for _ in _find(item, ())):
+                raise InvalidEntity(f"dict keys holding entities must be str, got {key!r}")
+
+
+def nodes(root: Node) -> Iterator[Node]:
+    """Every node of the tree, children before their parent."""
+    for _, kid in root.kids:
+        yield from nodes(kid)
+    yield root
+
+
+def own_data(entity: Entity, kid_paths: list[Path]) -> dict[str, Any]:
+    """The entity's own fields as JSON data, sub-entities and identity cut out."""
+    exclude: dict[Any, Any] = dict.fromkeys(IDENTITY_FIELDS, True)
+    for path in kid_paths:
+        spot = exclude
+        for part in path[:-1]:
+            spot = spot.setdefault(part, {})
+        spot[path[-1]] = True
+    data: dict[str, Any] = entity.model_dump(mode="json", exclude=exclude)
+    return data
+
+
+def encode(doc: Mapping[str, Any]) -> str:
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def decode_doc(ecs_id: str, raw: str | bytes) -> dict[str, Any]:
+    """Parse one stored document; anything unreadable → `CorruptVersion` naming the id."""
+    try:
+        doc = json.loads(raw)
+        if not isinstance(doc, dict) or not isinstance(doc["data"], dict):
+            raise TypeError("not a version document")
+        for path, kid in doc["kids"]:
+            if not isinstance(path, list) or not isinstance(kid, str):
+                raise TypeError("bad kid entry")
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CorruptVersion(f"stored version {ecs_id} is unreadable: {exc}") from None
+    return doc
+
+
+def build(ecs_id: str, docs: Mapping[str, dict[str, Any]]) -> Entity:
+    """A fresh Entity tree for version `ecs_id` from parsed documents."""
+    doc = docs.get(ecs_id)
+    if doc is None:
+        raise CorruptVersion(f"stored version {ecs_id} is missing from the store")
+    data = json.loads(json.dumps(doc["data"]))  # private copy: the doc may be reused
+    for path, kid in doc["kids"]:
+        _insert(data, path, build(kid, docs))
+    for name in IDENTITY_FIELDS:
+        data[name] = doc[name]
+    cls = entity_class(doc["type"])
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise CorruptVersion(
+            f"stored version {ecs_id} does not validate as {cls.__name__}: {exc}"
+        ) from None
+
+
+def _insert(data: dict[str, Any], path: list[PathPart], value: Entity) -> None:
+    # Kids come in document order, so list positions are re-inserted ascending.
+    spot: Any = data
+    for part in path[:-1]:
+        spot = spot[part]
+    last = path[-1]
+    if isinstance(spot, list):
+        spot.insert(int(last), value)
+    else:
+        spot[last] = value
+
+
+def _dotted(path: Path) -> str:
+    return ".".join(str(part) for part in path)

@@ -1,0 +1,1 @@
+"""Callables: signatures, references, tracing and isolated execution (app.execute, no Celery)."""
