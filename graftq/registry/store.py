@@ -10,10 +10,10 @@ from uuid import UUID
 
 import redis
 
-from graftq.errors import EntityNotFound, GraftError, VersionConflict
-from graftq.registry import commit
+from graftq.errors import EntityNotFound, InvalidReference, VersionConflict
+from graftq.registry import commit, references
 from graftq.registry.entity import Entity
-from graftq.registry.execution import Execution
+from graftq.registry.execution import Execution, ExecutionStatus
 from graftq.registry.keys import Keys
 from graftq.registry.overlay import OverlayClient
 from graftq.registry.tree import build, decode_doc, walk
@@ -194,6 +194,12 @@ class EntityRegistry:
                 found[uid] = (head, False)
         return found
 
+    def resolve(self, ref: str) -> Any:
+        """The value one reference string points at (section 4 of the SPEC)."""
+        if not isinstance(ref, str) or not ref.startswith("@"):
+            raise InvalidReference(f"{ref!r} is not a reference: it must start with '@'")
+        return references.resolve(self, ref).value
+
     def provenance(self, ecs_id: UUID | str) -> Execution | None:
         """The execution that produced that version; None if it was stored directly."""
         version = str(as_uuid(ecs_id))
@@ -207,6 +213,12 @@ class EntityRegistry:
         """The recorded execution with that id, if any."""
         raw = self._client.get(self.keys.execution(execution_id))
         return None if raw is None else Execution.model_validate_json(raw)
+
+    def memoized(self, memo_key: str) -> Execution | None:
+        """The successful execution cached under `memo_key`, if any."""
+        execution_id = self._client.get(memo_key)
+        done = None if execution_id is None else self.execution(execution_id)
+        return done if done is not None and done.status is ExecutionStatus.SUCCESS else None
 
     def lineage_mermaid(self, lineage_id: UUID | str) -> str:
         """A Mermaid `graph TD` of the lineage's versions, edges labelled by callable."""
@@ -270,6 +282,3 @@ class EntityRegistry:
 
 def _mermaid_id(ecs_id: str) -> str:
     return "v" + ecs_id.replace("-", "")
-
-
-__all__ = ["Committed", "EntityRegistry", "GraftError", "as_uuid"]

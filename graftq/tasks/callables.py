@@ -184,8 +184,9 @@ def describe(
 class CallableRegistry(Mapping[str, CallableInfo]):
     """Name → ``CallableInfo``; this is ``app.callables`` and ``app.register``'s store."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_add: Callable[[CallableInfo], None] | None = None) -> None:
         self._infos: dict[str, CallableInfo] = {}
+        self._on_add = on_add  # e.g. the worker layer making a Celery task per callable
 
     def __getitem__(self, name: str) -> CallableInfo:
         try:
@@ -205,6 +206,8 @@ class CallableRegistry(Mapping[str, CallableInfo]):
         old = self._infos.get(info.name)
         if old is None:
             self._infos[info.name] = info
+            if self._on_add is not None:
+                self._on_add(info)
             return info
         if old.version == info.version and _label(old.func) == _label(info.func):
             return old

@@ -1,0 +1,180 @@
+"""`"@<uuid>.path"` references: parsing, and resolving them against the store.
+
+Grammar: ``@`` + a UUID, then ``.segment`` steps through model fields, dict
+keys and integer list/tuple indices. A version id (ecs_id) pins the reference;
+a lineage id means the head at resolution time. ``@@text`` is the literal
+``@text``. A segment starting with ``_`` is refused.
+
+All references in one input are resolved in two round trips: one MGET tells
+versions from lineages (and reads the heads), one Lua call loads every tree.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from graftq.errors import EntityNotFound, InvalidReference
+from graftq.registry.entity import IDENTITY_FIELDS
+
+if TYPE_CHECKING:
+    from graftq.registry.store import EntityRegistry
+
+_REFERENCE = re.compile(
+    r"@(?P<uuid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
+    r"(?P<path>(?:\.[^.]+)*)"
+)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A parsed reference: which uuid, then which path inside it."""
+
+    text: str
+    uuid: str
+    path: tuple[str, ...]
+
+    def pinned(self, ecs_id: str) -> str:
+        """The same reference pinned to one version."""
+        return "@" + ".".join((ecs_id, *self.path))
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """One resolved reference: the version it read and how it was given."""
+
+    reference: Reference
+    ecs_id: str
+    by_lineage: bool
+
+    @property
+    def pinned_text(self) -> str:
+        return self.reference.pinned(self.ecs_id)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """An input with its references replaced.
+
+    `value` holds the resolved values (entities as fresh copies); `pinned`
+    holds the same structure with each reference rewritten to its pinned form.
+    """
+
+    value: Any
+    pinned: Any
+    references: tuple[Resolved, ...]
+
+
+def parse(text: str) -> Reference | str:
+    """A `Reference`, or the literal string (`@@x` → `@x`; no `@` → unchanged)."""
+    if not text.startswith("@"):
+        return text
+    if text.startswith("@@"):
+        return text[1:]
+    match = _REFERENCE.fullmatch(text)
+    if match is None:
+        raise InvalidReference(_malformed(text))
+    path = tuple(match["path"].split(".")[1:])
+    for segment in path:
+        if segment.startswith("_"):
+            raise InvalidReference(
+                f"reference {text!r}: segment {segment!r} is private; "
+                "segments may not start with '_'"
+            )
+    return Reference(text, match["uuid"].lower(), path)
+
+
+def _malformed(text: str) -> str:
+    head = text[1:].split(".", 1)[0]
+    if not _REFERENCE.fullmatch("@" + head):
+        return (
+            f"reference {text!r}: {head!r} is not a UUID; expected '@<uuid>' or "
+            "'@<uuid>.field.0.key' (write '@@...' for a literal string starting with '@')"
+        )
+    return f"reference {text!r}: empty path segment; expected '@<uuid>.field.0.key'"
+
+
+def resolve(store: EntityRegistry, data: Any) -> Resolution:
+    """Resolve every reference in `data` (any depth of dicts and lists)."""
+    found: list[Reference] = []
+
+    def collect(ref: Reference) -> Reference:
+        found.append(ref)
+        return ref
+
+    literal = _map(data, collect)
+    if not found:
+        return Resolution(literal, _map(data, collect, escaped=True), ())
+    versions = store.classify(ref.uuid for ref in found)
+    for ref in found:
+        if ref.uuid not in versions:
+            raise EntityNotFound(
+                f"reference {ref.text!r}: no entity version or lineage {ref.uuid} in the store"
+            )
+    roots = store.get_many(versions[ref.uuid][0] for ref in found)  # one copy per use
+    resolved = [
+        Resolved(ref, versions[ref.uuid][0], by_lineage=not versions[ref.uuid][1]) for ref in found
+    ]
+    values = iter([navigate(root, ref) for root, ref in zip(roots, found, strict=True)])
+    pinned = iter([r.pinned_text for r in resolved])
+    return Resolution(
+        _map(data, lambda _: next(values)),
+        _map(data, lambda _: next(pinned), escaped=True),
+        tuple(resolved),
+    )
+
+
+def _map(data: Any, on_reference: Callable[[Reference], Any], *, escaped: bool = False) -> Any:
+    """`data` with each reference replaced, in document order.
+
+    `@@` literals are unescaped unless `escaped` (the pinned form stays parseable).
+    """
+    if isinstance(data, str):
+        parsed = parse(data)
+        if isinstance(parsed, Reference):
+            return on_reference(parsed)
+        return data if escaped else parsed
+    if isinstance(data, dict):
+        return {key: _map(value, on_reference, escaped=escaped) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [_map(value, on_reference, escaped=escaped) for value in data]
+    return data
+
+
+def navigate(root: Any, ref: Reference) -> Any:
+    """Follow the reference's path from `root`; a bad step names what exists there."""
+    value = root
+    for depth, segment in enumerate(ref.path):
+        where = "@" + ".".join((ref.uuid, *ref.path[:depth]))
+        value = _step(value, segment, f"reference {ref.text!r}: at {where}")
+    return value
+
+
+def _step(value: Any, segment: str, context: str) -> Any:
+    if isinstance(value, BaseModel):
+        fields = sorted(type(value).model_fields, key=lambda name: name in IDENTITY_FIELDS)
+        if segment not in fields:
+            raise InvalidReference(
+                f"{context}: {type(value).__name__} has no field {segment!r}; "
+                f"fields: {', '.join(fields)}"
+            )
+        return getattr(value, segment)
+    if isinstance(value, dict):
+        if segment not in value:
+            keys = ", ".join(repr(key) for key in value) or "(empty dict)"
+            raise InvalidReference(f"{context}: no key {segment!r}; keys: {keys}")
+        return value[segment]
+    if isinstance(value, list | tuple):
+        if not segment.isdigit() or int(segment) >= len(value):
+            raise InvalidReference(
+                f"{context}: {segment!r} is not an index of this {type(value).__name__} "
+                f"of length {len(value)} (valid: 0..{len(value) - 1})"
+            )
+        return value[int(segment)]
+    raise InvalidReference(
+        f"{context}: cannot look up {segment!r} in a {type(value).__name__} value"
+    )
