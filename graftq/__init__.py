@@ -1,3 +1,55 @@
 """graftq: typed functions on Celery workers over versioned Pydantic entities in Redis."""
 
+from graftq.app import App
+from graftq.errors import (
+    CorruptVersion,
+    EntityNotFound,
+    GraftError,
+    InvalidEntity,
+    InvalidReference,
+    IsolationError,
+    JobTimeout,
+    RegistrationError,
+    ReturnTypeError,
+    SignatureError,
+    TimeLimitExceeded,
+    UnknownCallable,
+    UnknownEntityType,
+    VersionConflict,
+)
+from graftq.registry.entity import Entity
+from graftq.registry.execution import Execution, ExecutionStatus
+from graftq.registry.store import EntityRegistry
+from graftq.settings import Settings
+from graftq.tasks.callables import CallableInfo, CallableRegistry
+
 __version__ = "0.1.0"
+
+__all__ = [
+    # the application
+    "App",
+    "Settings",
+    # entities and their store
+    "Entity",
+    "EntityRegistry",
+    "Execution",
+    "ExecutionStatus",
+    # callables
+    "CallableInfo",
+    "CallableRegistry",
+    # errors
+    "CorruptVersion",
+    "EntityNotFound",
+    "GraftError",
+    "InvalidEntity",
+    "InvalidReference",
+    "IsolationError",
+    "JobTimeout",
+    "RegistrationError",
+    "ReturnTypeError",
+    "SignatureError",
+    "TimeLimitExceeded",
+    "UnknownCallable",
+    "UnknownEntityType",
+    "VersionConflict",
+]

@@ -5,15 +5,21 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
+from celery.signals import worker_process_init
 
+from graftq.errors import UnknownCallable
 from graftq.registry.store import EntityRegistry
 from graftq.settings import Settings
-from graftq.tasks.callables import CallableRegistry
+from graftq.tasks.callables import CallableInfo, CallableRegistry
 from graftq.tasks.runner import Call, local_worker, run_call
+from graftq.worker.config import make_celery
+from graftq.worker.job import Job, submit
+from graftq.worker.publish import Functions
+from graftq.worker.task import PUBLISHED_TASK, bind, bind_published, run_job, task_name
 
 
 class App:
@@ -34,12 +40,17 @@ class App:
     ) -> None:
         self.name = name
         self.settings = settings or Settings.from_env(redis_url=redis_url, **options)
-        self.callables = CallableRegistry()
+        self.celery = make_celery(name, self.settings)
+        self.callables = CallableRegistry(on_add=self._bind)
         # `@app.register`, `@app.register("name")`, `@app.register(name=..., isolation=...,
         # time_limit=..., cache=...)`: every registered function is traced automatically.
         self.register = self.callables.register
         self._entities: EntityRegistry | None = None
+        self._functions: Functions | None = None
         self._lock = threading.Lock()
+        bind_published(self.celery, self._run_published)
+        # Each worker pool child makes its own Redis connections (never inherited).
+        worker_process_init.connect(self._on_worker_process_init, weak=False)
 
     def __repr__(self) -> str:
         return f"<graftq.App {self.name!r} redis={self.settings.redis_url}>"
@@ -62,23 +73,93 @@ class App:
             client, prefix=self.settings.key_prefix, max_retries=self.settings.commit_retries
         )
 
+    @property
+    def functions(self) -> Functions:
+        """Functions published at run time, signed with the settings' signing key."""
+        store = self.entities
+        with self._lock:
+            if self._functions is None:
+                self._functions = Functions(store.client, store.keys, self.settings.signing_key)
+            return self._functions
+
     def reconnect(self) -> None:
-        """Drop this process's Redis client; the next use makes a new one."""
+        """Drop this process's Redis clients; the next use makes new ones."""
         with self._lock:
             self._entities = None
+            self._functions = None
+
+    def _on_worker_process_init(self, **_: Any) -> None:
+        self.reconnect()
 
     # -- callables -------------------------------------------------------------
 
     def execute(self, name: str, input_data: Mapping[str, Any]) -> Any:
         """Run now in this process (isolated), commit, and return the typed result."""
-        info = self.callables[name]
+        info = self.callable(name)
         call = Call(
             execution_id=str(uuid.uuid4()),
             worker=local_worker(),
             max_reruns=self.settings.max_reruns,
         )
-        return run_call(self.entities, info, input_data, call)
+        return run_call(self.entities, info, input_data, call).value
 
     async def aexecute(self, name: str, input_data: Mapping[str, Any]) -> Any:
         """`execute` without blocking the event loop."""
         return await asyncio.to_thread(self.execute, name, input_data)
+
+    def submit(self, name: str, input_data: Mapping[str, Any], **celery_options: Any) -> Job:
+        """Resolve references, validate, then enqueue; on any error nothing is enqueued.
+
+        `celery_options` go to `send_task` (countdown, queue, time_limit, task_id, ...).
+        """
+        info = self.callable(name)
+        task, meta = task_name(name), None
+        if info.published:
+            task, meta = PUBLISHED_TASK, {"name": info.name, "version": info.version}
+        store = self._store
+        return submit(
+            self.celery, store, info, input_data, task=task, meta=meta, options=celery_options
+        )
+
+    async def asubmit(self, name: str, input_data: Mapping[str, Any], **celery_options: Any) -> Job:
+        """`submit` without blocking the event loop."""
+        return await asyncio.to_thread(self.submit, name, input_data, **celery_options)
+
+    def job(self, job_id: str, name: str) -> Job:
+        """A handle on an earlier job of callable `name`."""
+        return Job(self.celery.AsyncResult(job_id), self.callable(name), self._store)
+
+    def publish(self, func: Callable[..., Any], name: str | None = None) -> str:
+        """Ship `func` to workers that do not have it in code; returns its content version."""
+        info = self.functions.publish(func, name)
+        self.callables.publish(info)
+        return info.version
+
+    def callable(self, name: str) -> CallableInfo:
+        """The callable registered in code under `name`, else the newest published one."""
+        if name in self.callables:
+            return self.callables[name]
+        try:
+            info = self.functions.load(name)
+        except UnknownCallable:
+            raise UnknownCallable(
+                f"no callable named {name!r}; registered: "
+                f"{', '.join(sorted(self.callables)) or '(none)'}"
+            ) from None
+        self.callables.publish(info)
+        return info
+
+    # -- the worker side ---------------------------------------------------------
+
+    def _store(self) -> EntityRegistry:
+        return self.entities
+
+    def _bind(self, info: CallableInfo) -> None:
+        bind(self.celery, info, self._run_job)
+
+    def _run_job(self, info: CallableInfo, request: Any, input_data: dict[str, Any]) -> Any:
+        return run_job(self.entities, info, self.settings, request, input_data)
+
+    def _run_published(self, request: Any, input_data: dict[str, Any], meta: dict[str, Any]) -> Any:
+        info = self.functions.load(meta["name"], meta.get("version"))
+        return self._run_job(info, request, input_data)

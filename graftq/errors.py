@@ -6,6 +6,8 @@
     ├── EntityNotFound          (also ValueError)  unknown ecs_id or lineage_id
     ├── InvalidReference        (also ValueError)  malformed "@..." reference or bad path
     ├── InvalidEntity           (also ValueError)  not an Entity, a cycle, an object twice
+    ├── InvalidInput            (also ValueError)  a worker refused a job's input (carries
+    │                                              pydantic's errors; Job.get re-raises those)
     ├── CorruptVersion                             stored data that cannot be read back
     ├── UnknownEntityType                          stored type name with no Entity class
     ├── RegistrationError                          a callable that cannot be registered
@@ -22,6 +24,8 @@ value that was wrong.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class GraftError(Exception):
@@ -41,6 +45,17 @@ class InvalidReference(GraftError, ValueError):
 
 class InvalidEntity(GraftError, ValueError):
     """The value cannot be stored as an entity tree."""
+
+
+class InvalidInput(GraftError, ValueError):
+    """The job's input failed validation on the worker."""
+
+    def __init__(self, message: str | None = None, errors: Any = None, title: str = "") -> None:
+        super().__init__(message)
+        self.errors = errors
+        self.title = title
+        # Celery rebuilds a failed job's exception as cls(*args): keep all three.
+        self.args = (str(self), errors, title)
 
 
 class CorruptVersion(GraftError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -83,6 +84,11 @@ class EntityRegistry:
         self.max_retries = max_retries
         self._client: Any = client
         self._load_script = client.register_script(_LOAD_TREES)
+
+    @property
+    def client(self) -> redis.Redis:
+        """The Redis client (inside an isolated child: the private overlay)."""
+        return typing.cast(redis.Redis, self._client)
 
     @property
     def isolated(self) -> bool:

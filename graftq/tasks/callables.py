@@ -104,6 +104,10 @@ def _check_options(where: str, name: object, isolation: object, time_limit: obje
         raise RegistrationError(
             f"{where}: time_limit must be None or a positive number, not {time_limit!r}"
         )
+    if time_limit is not None and isolation == "none":
+        raise RegistrationError(
+            f"{where}: time_limit needs isolation='fork' (an in-process call cannot be killed)"
+        )
 
 
 def _fields(where: str, func: Callable[..., Any]) -> tuple[dict[str, Any], Any]:
@@ -215,6 +219,16 @@ class CallableRegistry(Mapping[str, CallableInfo]):
             f"cannot register {_label(info.func)} as {info.name!r}: "
             f"that name is taken by {_label(old.func)}"
         )
+
+    def publish(self, info: CallableInfo) -> None:
+        """Add or update a published function; code-registered names cannot be shadowed."""
+        old = self._infos.get(info.name)
+        if old is not None and not old.published:
+            raise RegistrationError(
+                f"cannot publish {info.name!r}: that name is registered in code "
+                f"by {_label(old.func)}"
+            )
+        self._infos[info.name] = info
 
     @overload
     def register(

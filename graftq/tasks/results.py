@@ -14,7 +14,6 @@ from typing import Any
 import pydantic_core
 
 from graftq.registry.entity import Entity
-from graftq.registry.execution import Execution
 from graftq.registry.store import EntityRegistry
 from graftq.tasks.callables import CallableInfo
 
@@ -63,10 +62,10 @@ def recorded(value: Any) -> Any:
     return pydantic_core.to_jsonable_python(marked, fallback=repr)
 
 
-def replay(store: EntityRegistry, info: CallableInfo, execution: Execution) -> Any:
-    """The typed value of a recorded execution, entities loaded at their versions."""
-    outputs = store.get_many(execution.outputs) if execution.outputs else []
-    return info.output_adapter.validate_python(_unmark(execution.result, outputs))
+def replay(store: EntityRegistry, info: CallableInfo, result: Any, outputs: list[str]) -> Any:
+    """The typed value of a recorded result, entities loaded at their committed versions."""
+    entities = store.get_many(outputs) if outputs else []
+    return info.output_adapter.validate_python(_unmark(result, entities))
 
 
 def _unmark(value: Any, outputs: list[Entity]) -> Any:

@@ -45,10 +45,22 @@ def local_worker() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+@dataclass(frozen=True)
+class Ran:
+    """The typed result and the execution that recorded it (an earlier one on replay)."""
+
+    value: Any
+    execution: Execution
+
+
+def replayed(store: EntityRegistry, info: CallableInfo, execution: Execution) -> Ran:
+    return Ran(results.replay(store, info, execution.result, execution.outputs), execution)
+
+
 def run_call(
     store: EntityRegistry, info: CallableInfo, input_data: Mapping[str, Any], call: Call
-) -> Any:
-    """Run once per execution id and return the typed result.
+) -> Ran:
+    """Run once per execution id; the typed result with its Execution.
 
     Inputs given by lineage are re-resolved and the function re-run when a head
     moved before the commit (at most `max_reruns` times); with only pinned
@@ -56,13 +68,13 @@ def run_call(
     """
     if call.check_replay and (done := store.execution(call.execution_id)) is not None:
         if done.status is ExecutionStatus.SUCCESS:
-            return results.replay(store, info, done)
+            return replayed(store, info, done)
     started = datetime.now(UTC)
     for attempt in range(1, call.max_reruns + 2):
         prepared = prepare(store, info, input_data)
         memo_key = _memo_key(store, prepared)
         if memo_key and (hit := store.memoized(memo_key)) is not None:
-            return results.replay(store, info, hit)
+            return replayed(store, info, hit)
         try:
             value = execute_body(store, prepared)
         except BaseException as exc:
@@ -80,10 +92,10 @@ def run_call(
             if attempt > call.max_reruns:
                 raise
             continue
+        assert committed.execution is not None
         if committed.replayed:
-            assert committed.execution is not None
-            return results.replay(store, info, committed.execution)
-        return results.with_stored(value, committed.entities)
+            return replayed(store, info, committed.execution)
+        return Ran(results.with_stored(value, committed.entities), committed.execution)
     raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -1,0 +1,186 @@
+"""The `graftq` command: worker, submit, show, history, lineage, functions, flower, demo."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+import graftq
+from graftq.app import App
+from graftq.errors import GraftError
+
+console = Console()
+
+APP_OPTION = click.option(
+    "--app",
+    "app_path",
+    envvar="GRAFTQ_APP",
+    required=True,
+    metavar="MODULE:ATTR",
+    help="The graftq App to use, e.g. myproject.jobs:app (env GRAFTQ_APP).",
+)
+
+
+def load_app(path: str) -> App:
+    """Import MODULE and return its ATTR, which must be a graftq App."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise click.BadParameter(f"{path!r}: expected MODULE:ATTR, e.g. myproject.jobs:app")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `celery -A`: modules of the current directory
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}") from None
+    app = getattr(module, attr, None)
+    if not isinstance(app, App):
+        raise click.BadParameter(f"{path!r} is {type(app).__name__}, not a graftq App")
+    return app
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(graftq.__version__, prog_name="graftq")
+def main() -> None:
+    """Typed functions on Celery workers over versioned Pydantic entities in Redis."""
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@APP_OPTION
+@click.option("-c", "--concurrency", type=int, help="Pool processes (default: CPU count).")
+@click.option("-Q", "--queues", help="Comma-separated queues to consume from.")
+@click.option("-n", "--hostname", help="Node name, e.g. w1@%h.")
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.pass_context
+def worker(
+    ctx: click.Context,
+    app_path: str,
+    concurrency: int | None,
+    queues: str | None,
+    hostname: str | None,
+    loglevel: str,
+) -> None:
+    """Start a Celery prefork worker; extra arguments go to `celery worker`."""
+    if any(arg.startswith(("-P", "--pool")) for arg in ctx.args):
+        raise click.UsageError("graftq workers always use the prefork pool; drop -P/--pool")
+    app = load_app(app_path)
+    argv = ["worker", "--pool=prefork", f"--loglevel={loglevel}"]
+    if concurrency:
+        argv.append(f"--concurrency={concurrency}")
+    if queues:
+        argv.append(f"--queues={queues}")
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    app.celery.worker_main([*argv, *ctx.args])
+
+
+@main.command()
+@APP_OPTION
+@click.argument("name")
+@click.option("--input", "input_json", required=True, help="The input as a JSON object.")
+@click.option("--wait", is_flag=True, help="Wait for the result and print it.")
+@click.option("--timeout", type=float, default=None, help="Seconds to wait with --wait.")
+def submit(app_path: str, name: str, input_json: str, wait: bool, timeout: float | None) -> None:
+    """Submit a job: references are resolved and validated before anything is enqueued."""
+    app = load_app(app_path)
+    try:
+        data = json.loads(input_json)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"--input is not JSON: {exc}") from None
+    job = app.submit(name, data)
+    console.print(f"job [bold]{job.id}[/] submitted ({name})")
+    if wait:
+        _print_value(job.get(timeout=timeout))
+
+
+@main.command()
+@APP_OPTION
+@click.argument("uuid")
+def show(app_path: str, uuid: str) -> None:
+    """Show one version (an ecs_id) or a lineage's head (a lineage_id)."""
+    store = load_app(app_path).entities
+    [(found, pinned)] = store.classify([uuid]).values() or [(None, True)]
+    if found is None:
+        raise GraftError(f"no entity version or lineage {uuid} in the store")
+    _print_value(store.get(found))
+    execution = store.provenance(found)
+    if execution is not None:
+        console.print(f"produced by [bold]{execution.callable}[/] in execution {execution.id}")
+
+
+@main.command()
+@APP_OPTION
+@click.argument("lineage_id")
+def history(app_path: str, lineage_id: str) -> None:
+    """Every version of a lineage, oldest first."""
+    store = load_app(app_path).entities
+    table = Table("ecs_id", "parent_id", "created_at", "derived_from", "fields")
+    for version in store.history(lineage_id):
+        identity = {"ecs_id", "lineage_id", "parent_id", "created_at", "derived_from"}
+        fields = version.model_dump(mode="json", exclude=identity)
+        table.add_row(
+            str(version.ecs_id),
+            str(version.parent_id or "-"),
+            version.created_at.isoformat(timespec="seconds"),
+            version.derived_from or "-",
+            json.dumps(fields)[:80],
+        )
+    console.print(table)
+
+
+@main.command()
+@APP_OPTION
+@click.argument("lineage_id")
+@click.option("--mermaid", is_flag=True, help="Print a Mermaid graph instead of a tree.")
+def lineage(app_path: str, lineage_id: str, mermaid: bool) -> None:
+    """The version graph of a lineage, branches included."""
+    store = load_app(app_path).entities
+    if mermaid:
+        click.echo(store.lineage_mermaid(lineage_id))
+        return
+    head = store.head_id(lineage_id)
+    for version in store.history(lineage_id):
+        mark = "  ← head" if str(version.ecs_id) == head else ""
+        via = version.derived_from or "put"
+        console.print(f"{version.ecs_id}  parent={version.parent_id}  via={via}{mark}")
+
+
+@main.command()
+@APP_OPTION
+def functions(app_path: str) -> None:
+    """Callables registered in code and functions published at run time."""
+    app = load_app(app_path)
+    table = Table("name", "kind", "version", "isolation", "input", "output")
+    names = sorted(set(app.callables) | set(app.functions.names()))
+    for name in names:
+        info = app.callables[name] if name in app.callables else None
+        if info is None:
+            table.add_row(name, "published", app.functions.latest(name), "fork", "?", "?")
+            continue
+        params = ", ".join(info.input_schema().get("properties", {}))
+        output = json.dumps(info.output_schema())[:40]
+        kind = "published" if info.published else "code"
+        table.add_row(name, kind, info.version, info.isolation, params, output)
+    console.print(table)
+
+
+def _print_value(value: Any) -> None:
+    if hasattr(value, "model_dump_json"):
+        console.print_json(value.model_dump_json())
+    else:
+        console.print_json(json.dumps(value, default=str))
+
+
+def run() -> None:
+    """Console entry point: GraftErrors become one clear line and exit status 1."""
+    try:
+        main(standalone_mode=True)
+    except GraftError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        sys.exit(1)

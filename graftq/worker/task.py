@@ -1,0 +1,115 @@
+"""The Celery task wrapper: thin — load inputs, run isolated, commit (all in `tasks.runner`).
+
+Every callable becomes the task ``graftq.<name>``. Its message is the same
+input JSON that `submit` takes, as the first positional argument (or, for
+clients such as Flower's send-task form, as the keyword arguments), plus
+``_graftq``: what the producer resolved the references to. The Celery task id
+is the execution id, which makes the commit idempotent per delivery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pydantic
+
+from graftq.errors import InvalidInput
+from graftq.registry.store import EntityRegistry
+from graftq.settings import Settings
+from graftq.tasks.callables import CallableInfo
+from graftq.tasks.runner import Call, run_call
+
+TASK_PREFIX = "graftq."
+PUBLISHED_TASK = "graftq.published"
+META = "_graftq"  # parameter names cannot start with "_", so this never clashes
+BACKSTOP = 30.0  # seconds Celery's hard limit adds to a callable's own time limit
+
+
+def task_name(callable_name: str) -> str:
+    return TASK_PREFIX + callable_name
+
+
+def input_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The job's input: the first positional argument, else the keyword arguments."""
+    kwargs = {key: value for key, value in kwargs.items() if key != META}
+    if args:
+        if len(args) != 1 or not isinstance(args[0], dict) or kwargs:
+            raise InvalidInput(
+                "a graftq job takes one positional argument (the input dict) "
+                f"or keyword arguments, got args={args!r:.200} kwargs={kwargs!r:.200}"
+            )
+        return args[0]
+    return kwargs
+
+
+def run_job(
+    store: EntityRegistry,
+    info: CallableInfo,
+    settings: Settings,
+    request: Any,
+    input_data: dict[str, Any],
+) -> dict[str, Any]:
+    """Run one delivery of a job; the JSON the result backend keeps."""
+    call = Call(
+        execution_id=str(request.id),
+        worker=str(request.hostname or "unknown"),
+        max_reruns=settings.max_reruns,
+        check_replay=True,
+    )
+    try:
+        ran = run_call(store, info, input_data, call)
+    except pydantic.ValidationError as exc:
+        raise InvalidInput(str(exc), _errors(exc), exc.title) from None
+    execution = ran.execution
+    return {
+        "execution_id": execution.id,
+        "result": execution.result,
+        "outputs": execution.outputs,
+        "branched": execution.branched,
+    }
+
+
+def _errors(exc: pydantic.ValidationError) -> Any:
+    return pydantic.TypeAdapter(Any).dump_python(
+        exc.errors(include_url=False), mode="json", fallback=repr
+    )
+
+
+def bind_published(
+    celery: Any, job: Callable[[Any, dict[str, Any], dict[str, Any]], dict[str, Any]]
+) -> Any:
+    """The one task that runs published functions; name and version come in `_graftq`."""
+
+    def published(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        meta = kwargs.get(META) or {}
+        if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+            raise InvalidInput(f"a {PUBLISHED_TASK} job needs {META}={{'name': ...}}")
+        return job(self.request, input_of(args, kwargs), meta)
+
+    return celery.task(
+        name=PUBLISHED_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, typing=False
+    )(published)
+
+
+def bind(
+    celery: Any,
+    info: CallableInfo,
+    job: Callable[[CallableInfo, Any, dict[str, Any]], dict[str, Any]],
+) -> Any:
+    """Make `info` a Celery task named ``graftq.<name>`` that calls `job`."""
+
+    def task(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return job(info, self.request, input_of(args, kwargs))
+
+    task.__name__ = task.__qualname__ = info.name
+    task.__doc__ = (info.func.__doc__ or "").strip() or f"graftq callable {info.name}"
+    limit = info.time_limit + BACKSTOP if info.time_limit else None
+    return celery.task(
+        name=task_name(info.name),
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        time_limit=limit,
+        typing=False,
+    )(task)

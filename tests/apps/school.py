@@ -1,0 +1,144 @@
+"""The test suite's graftq app: models and callables importable by worker processes.
+
+`make_app()` builds a fresh App from the environment (GRAFTQ_REDIS_URL, ...);
+`app` is the module-level one that `graftq worker --app tests.apps.school:app` loads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+from graftq import App, Entity
+
+
+class Address(Entity):
+    city: str
+
+
+class Student(Entity):
+    name: str
+    age: int
+    major: str = "undeclared"
+    address: Address | None = None
+    tags: list[str] = []
+
+
+class GraduateStudent(Entity):
+    name: str
+    age: int
+    undergraduate_degree: str
+
+
+class Counter(Entity):
+    value: int = 0
+
+
+class Boom(Exception):
+    """A custom exception type that must survive the trip back."""
+
+
+def make_app(name: str = "school") -> App:
+    app = App(name)
+
+    @app.register
+    def birthday(student: Student) -> Student:
+        student.age += 1
+        return student
+
+    @app.register("transform_student")
+    def transform(student: Student) -> GraduateStudent:
+        return GraduateStudent(
+            name=student.name, age=student.age, undergraduate_degree=student.major
+        )
+
+    @app.register
+    def bonus(student_age: int, bonus_amount: float) -> float:
+        return student_age * bonus_amount
+
+    @app.register
+    def increment(counter: Counter) -> Counter:
+        pause = float(os.environ.get("GRAFTQ_TEST_INCREMENT_PAUSE", "0"))
+        if pause:
+            time.sleep(pause)
+        counter.value += 1
+        return counter
+
+    @app.register
+    def move(student: Student, city: str) -> Student:
+        student.address = Address(city=city)
+        return student
+
+    @app.register
+    def relocate(address: Address, city: str) -> Address:
+        address.city = city
+        return address
+
+    @app.register
+    def pair(student: Student) -> tuple[Student, GraduateStudent]:
+        student.age += 1
+        return student, GraduateStudent(
+            name=student.name, age=student.age, undergraduate_degree=student.major
+        )
+
+    @app.register
+    def fail(message: str) -> int:
+        raise ValueError(message)
+
+    @app.register
+    def fail_custom(message: str) -> int:
+        raise Boom(message)
+
+    @app.register
+    def wrong_type(student: Student) -> GraduateStudent:
+        return student  # type: ignore[return-value]
+
+    @app.register
+    def crash(how: str) -> int:
+        if how == "exit":
+            os._exit(3)
+        os.kill(os.getpid(), signal.SIGSEGV if how == "segv" else signal.SIGKILL)
+        return 0
+
+    @app.register(time_limit=1.0)
+    def hang(pid_file: str) -> int:
+        Path(pid_file).write_text(str(os.getpid()))
+        time.sleep(600)
+        return 0
+
+    @app.register
+    def sleepy(seconds: float, pid_file: str) -> int:
+        Path(pid_file).write_text(str(os.getpid()))
+        time.sleep(seconds)
+        return 1
+
+    @app.register
+    def meddle(student: Student) -> int:
+        student.age = 1000
+        app.entities.put(student)
+        return student.age
+
+    @app.register
+    async def async_birthday(student: Student) -> Student:
+        await asyncio.sleep(0.01)
+        student.age += 1
+        return student
+
+    @app.register(isolation="none")
+    def inline_birthday(student: Student) -> Student:
+        student.age += 1
+        return student
+
+    @app.register(cache=True)
+    def slow_square(x: int, marker_file: str) -> int:
+        with open(marker_file, "a") as marker:
+            marker.write("ran\n")
+        return x * x
+
+    return app
+
+
+app = make_app()
