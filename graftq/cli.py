@@ -14,7 +14,8 @@ from rich.table import Table
 
 import graftq
 from graftq.app import App
-from graftq.errors import GraftError
+from graftq.errors import EntityNotFound, GraftError
+from graftq.registry.store import as_uuid
 
 console = Console()
 
@@ -105,11 +106,11 @@ def submit(app_path: str, name: str, input_json: str, wait: bool, timeout: float
 def show(app_path: str, uuid: str) -> None:
     """Show one version (an ecs_id) or a lineage's head (a lineage_id)."""
     store = load_app(app_path).entities
-    [(found, pinned)] = store.classify([uuid]).values() or [(None, True)]
+    found = store.classify([uuid]).get(str(as_uuid(uuid)))
     if found is None:
-        raise GraftError(f"no entity version or lineage {uuid} in the store")
-    _print_value(store.get(found))
-    execution = store.provenance(found)
+        raise EntityNotFound(f"no entity version or lineage {uuid} in the store")
+    _print_value(store.get(found[0]))
+    execution = store.provenance(found[0])
     if execution is not None:
         console.print(f"produced by [bold]{execution.callable}[/] in execution {execution.id}")
 
@@ -184,3 +185,7 @@ def run() -> None:
     except GraftError as exc:
         console.print(f"[red]error:[/] {exc}")
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    run()

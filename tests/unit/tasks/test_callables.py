@@ -102,10 +102,15 @@ def test_decorator_with_positional_name(reg: CallableRegistry) -> None:
 
 
 def test_decorator_with_keywords(reg: CallableRegistry) -> None:
-    returned = reg.register(name="plus", isolation="none", time_limit=5, cache=True)(add)
+    returned = reg.register(name="plus", isolation="fork", time_limit=5, cache=True)(add)
     assert returned is add
     info = reg["plus"]
-    assert (info.isolation, info.time_limit, info.cache) == ("none", 5.0, True)
+    assert (info.isolation, info.time_limit, info.cache) == ("fork", 5.0, True)
+
+
+def test_time_limit_needs_a_fork(reg: CallableRegistry) -> None:
+    with pytest.raises(RegistrationError, match="time_limit needs isolation='fork'"):
+        reg.register(isolation="none", time_limit=5)(add)
 
 
 def test_decorator_with_options_only_defaults_name(reg: CallableRegistry) -> None:

@@ -1,0 +1,373 @@
+"""`app.execute` end to end: resolve, validate, run, commit, record (SPEC sections 4-5)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+from uuid import UUID
+
+import pydantic
+import pytest
+import redis
+
+from graftq import App, EntityRegistry, Execution, ExecutionStatus, UnknownCallable
+from tests.apps.school import Counter, GraduateStudent, Student
+from tests.integration.tasks.helpers import changed_keys, exec_keys, snapshot, version_keys
+
+
+def put_student(store: EntityRegistry, **fields: object) -> Student:
+    stored = store.put(Student(**{"name": "Ada", "age": 20, "major": "math", **fields}))
+    assert isinstance(stored, Student)
+    return stored
+
+
+# -- the seed's example ------------------------------------------------------------------
+
+
+def test_bonus_resolves_a_field_reference_and_validates(app: App, store: EntityRegistry) -> None:
+    student = put_student(store)
+
+    result = app.execute("bonus", {"student_age": f"@{student.ecs_id}.age", "bonus_amount": 100.5})
+
+    assert result == 20 * 100.5
+    assert isinstance(result, float)
+
+
+def test_str_field_for_an_int_parameter_is_a_validation_error(
+    app: App, store: EntityRegistry, redis_client: redis.Redis
+) -> None:
+    student = put_student(store)
+    before = snapshot(redis_client)
+
+    with pytest.raises(pydantic.ValidationError) as caught:
+        app.execute("bonus", {"student_age": f"@{student.ecs_id}.name", "bonus_amount": 1.0})
+
+    assert "student_age" in str(caught.value)
+    assert snapshot(redis_client) == before
+
+
+# -- lineage preserved, provenance -------------------------------------------------------
+
+
+def test_birthday_by_lineage_makes_a_new_version_and_moves_the_head(
+    app: App, store: EntityRegistry
+) -> None:
+    student = put_student(store)
+
+    new = app.execute("birthday", {"student": f"@{student.lineage_id}"})
+
+    assert isinstance(new, Student)
+    assert new.age == 21
+    assert new.ecs_id != student.ecs_id
+    assert new.lineage_id == student.lineage_id
+    assert new.parent_id == student.ecs_id
+    assert new.derived_from is not None
+    assert store.head_id(student.lineage_id) == str(new.ecs_id)
+    assert store.get(new.ecs_id).model_dump() == new.model_dump()
+    assert store.get(student.ecs_id).age == 20  # the old version is immutable
+
+
+def test_provenance_of_an_executed_version(app: App, store: EntityRegistry) -> None:
+    student = put_student(store)
+
+    new = app.execute("birthday", {"student": f"@{student.lineage_id}"})
+    run = store.provenance(new.ecs_id)
+
+    assert run is not None
+    assert run.id == new.derived_from
+    assert run.callable == "birthday"
+    assert run.callable_version == app.callables["birthday"].version
+    assert run.inputs == {"student": str(student.ecs_id)}
+    assert run.outputs == [str(new.ecs_id)]
+    assert run.status is ExecutionStatus.SUCCESS
+    assert run.started_at <= run.finished_at
+    assert run.worker == f"{socket.gethostname()}:{os.getpid()}"
+    assert run.branched is False
+
+
+def test_provenance_of_a_put_only_version_is_none(store: EntityRegistry) -> None:
+    student = put_student(store)
+    assert store.provenance(student.ecs_id) is None
+
+
+def test_transform_makes_a_new_lineage(app: App, store: EntityRegistry) -> None:
+    student = put_student(store)
+
+    grad = app.execute("transform_student", {"student": f"@{student.ecs_id}"})
+
+    assert isinstance(grad, GraduateStudent)
+    assert (grad.name, grad.age, grad.undergraduate_degree) == ("Ada", 20, "math")
+    assert grad.lineage_id != student.lineage_id
+    assert grad.parent_id is None
+    assert grad.derived_from is not None
+    assert store.head_id(grad.lineage_id) == str(grad.ecs_id)
+    assert store.head_id(student.lineage_id) == str(student.ecs_id)
+    run = store.provenance(grad.ecs_id)
+    assert run is not None and run.callable == "transform_student"
+    assert run.inputs == {"student": str(student.ecs_id)}
+
+
+# -- Entity objects as input -------------------------------------------------------------
+
+
+def test_unstored_entity_input_is_stored_first(app: App, store: EntityRegistry) -> None:
+    fresh = Student(name="Bo", age=7)
+
+    new = app.execute("birthday", {"student": fresh})
+
+    assert fresh.age == 7  # the caller's object is untouched
+    run = store.provenance(new.ecs_id)
+    assert run is not None
+    stored_input = store.get(run.inputs["student"])
+    assert isinstance(stored_input, Student)
+    assert stored_input.age == 7
+    assert stored_input.lineage_id == fresh.lineage_id
+    assert store.version_ids(fresh.lineage_id) == [run.inputs["student"], str(new.ecs_id)]
+    assert new.parent_id == UUID(run.inputs["student"])
+    assert store.head_id(fresh.lineage_id) == str(new.ecs_id)
+
+
+def test_modified_stored_entity_input_is_forked_first(app: App, store: EntityRegistry) -> None:
+    original = put_student(store)
+    original.age = 50
+
+    new = app.execute("birthday", {"student": original})
+
+    run = store.provenance(new.ecs_id)
+    assert run is not None
+    forked_id = run.inputs["student"]
+    assert forked_id != str(original.ecs_id)
+    forked = store.get(forked_id)
+    assert isinstance(forked, Student)
+    assert forked.parent_id == original.ecs_id
+    assert forked.age == 50
+    assert new.age == 51
+    assert new.parent_id == forked.ecs_id
+    assert store.get(original.ecs_id).age == 20
+
+
+def test_unchanged_stored_entity_input_is_used_as_is(app: App, store: EntityRegistry) -> None:
+    original = put_student(store)
+
+    new = app.execute("birthday", {"student": original})
+
+    run = store.provenance(new.ecs_id)
+    assert run is not None and run.inputs == {"student": str(original.ecs_id)}
+    assert store.version_ids(original.lineage_id) == [str(original.ecs_id), str(new.ecs_id)]
+
+
+# -- several entities returned -------------------------------------------------------------
+
+
+def test_tuple_return_commits_both_entities_in_one_execution(
+    app: App, store: EntityRegistry
+) -> None:
+    student = put_student(store)
+
+    older, grad = app.execute("pair", {"student": f"@{student.lineage_id}"})
+
+    assert isinstance(older, Student) and isinstance(grad, GraduateStudent)
+    assert older.age == grad.age == 21
+    assert older.parent_id == student.ecs_id
+    assert grad.parent_id is None and grad.lineage_id != student.lineage_id
+    assert older.derived_from == grad.derived_from is not None
+    run = store.provenance(grad.ecs_id)
+    assert run is not None
+    assert run.outputs == [str(older.ecs_id), str(grad.ecs_id)]
+    assert store.provenance(older.ecs_id) == run
+    assert store.head_id(student.lineage_id) == str(older.ecs_id)
+    assert store.head_id(grad.lineage_id) == str(grad.ecs_id)
+
+
+# -- async callables -----------------------------------------------------------------------
+
+
+def test_async_callable_via_execute(app: App, store: EntityRegistry) -> None:
+    student = put_student(store)
+
+    new = app.execute("async_birthday", {"student": f"@{student.lineage_id}"})
+
+    assert isinstance(new, Student) and new.age == 21
+    assert store.head_id(student.lineage_id) == str(new.ecs_id)
+
+
+def test_async_callable_via_aexecute(app: App, store: EntityRegistry) -> None:
+    student = put_student(store)
+
+    new = asyncio.run(app.aexecute("async_birthday", {"student": f"@{student.lineage_id}"}))
+
+    assert isinstance(new, Student) and new.age == 21
+    assert new.parent_id == student.ecs_id
+    assert store.head_id(student.lineage_id) == str(new.ecs_id)
+
+
+@pytest.mark.parametrize("name", ["async_birthday", "birthday", "inline_birthday"])
+def test_execute_inside_a_running_event_loop(app: App, store: EntityRegistry, name: str) -> None:
+    student = put_student(store)
+
+    async def main() -> Student:
+        asyncio.get_running_loop()  # really inside a loop
+        result: Student = app.execute(name, {"student": f"@{student.lineage_id}"})
+        return result
+
+    new = asyncio.run(main())
+
+    assert isinstance(new, Student) and new.age == 21
+    assert store.head_id(student.lineage_id) == str(new.ecs_id)
+
+
+def test_async_inline_callable_inside_a_running_event_loop(
+    app: App, store: EntityRegistry
+) -> None:
+    @app.register(isolation="none")
+    async def async_inline_bump(counter: Counter) -> Counter:
+        await asyncio.sleep(0)
+        counter.value += 1
+        return counter
+
+    counter = store.put(Counter(value=4))
+
+    async def main() -> Counter:
+        result: Counter = app.execute("async_inline_bump", {"counter": f"@{counter.ecs_id}"})
+        return result
+
+    assert app.execute("async_inline_bump", {"counter": f"@{counter.ecs_id}"}).value == 5
+    assert asyncio.run(main()).value == 5
+
+
+# -- isolation="none" ----------------------------------------------------------------------
+
+
+def test_inline_callable_commits_and_leaves_the_callers_object_alone(
+    app: App, store: EntityRegistry
+) -> None:
+    student = put_student(store)
+    expected = student.model_dump()
+
+    new = app.execute("inline_birthday", {"student": student})
+
+    assert student.model_dump() == expected
+    assert isinstance(new, Student) and new.age == 21
+    assert new.parent_id == student.ecs_id
+    assert store.head_id(student.lineage_id) == str(new.ecs_id)
+    run = store.provenance(new.ecs_id)
+    assert run is not None and run.callable == "inline_birthday"
+
+
+def test_inline_callable_mutating_an_input_it_does_not_return_commits_nothing(
+    app: App, store: EntityRegistry, redis_client: redis.Redis
+) -> None:
+    @app.register(isolation="none")
+    def inline_meddle(student: Student) -> int:
+        student.age = 999
+        return 1
+
+    student = put_student(store)
+    before = snapshot(redis_client)
+
+    assert app.execute("inline_meddle", {"student": f"@{student.lineage_id}"}) == 1
+
+    changed = changed_keys(before, snapshot(redis_client))
+    assert len(changed) == 1 and exec_keys(changed) == changed
+    assert store.head(student.lineage_id).model_dump() == student.model_dump()
+
+
+# -- memoization ---------------------------------------------------------------------------
+
+
+def ran(marker: Path) -> int:
+    return marker.read_text().count("ran\n") if marker.exists() else 0
+
+
+def test_cache_returns_the_recorded_result_for_the_same_inputs(app: App, tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+
+    first = app.execute("slow_square", {"x": 7, "marker_file": str(marker)})
+    second = app.execute("slow_square", {"x": 7, "marker_file": str(marker)})
+
+    assert first == second == 49
+    assert ran(marker) == 1
+
+    assert app.execute("slow_square", {"x": 8, "marker_file": str(marker)}) == 64
+    assert ran(marker) == 2
+
+
+def test_cache_with_pinned_references(app: App, store: EntityRegistry, tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    student = put_student(store, age=5)
+    pinned = {"x": f"@{student.ecs_id}.age", "marker_file": str(marker)}
+
+    assert app.execute("slow_square", pinned) == 25
+    assert app.execute("slow_square", pinned) == 25
+    assert ran(marker) == 1
+
+
+def test_cache_does_not_apply_to_lineage_references(
+    app: App, store: EntityRegistry, tmp_path: Path
+) -> None:
+    marker = tmp_path / "marker"
+    student = put_student(store, age=5)
+    by_lineage = {"x": f"@{student.lineage_id}.age", "marker_file": str(marker)}
+
+    assert app.execute("slow_square", by_lineage) == 25
+    assert app.execute("slow_square", by_lineage) == 25
+    assert ran(marker) == 2
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+def test_unknown_callable_lists_the_registered_names(
+    app: App, redis_client: redis.Redis
+) -> None:
+    with pytest.raises(UnknownCallable) as caught:
+        app.execute("no_such_function", {})
+
+    assert isinstance(caught.value, KeyError)
+    message = str(caught.value)
+    assert "no_such_function" in message
+    for name in ("birthday", "bonus", "transform_student", "slow_square"):
+        assert name in message
+    assert snapshot(redis_client) == {}
+
+
+@pytest.mark.parametrize("bad", [[1, 2], "student", None, 42])
+def test_input_that_is_not_a_dict_is_refused(
+    app: App, redis_client: redis.Redis, bad: object
+) -> None:
+    with pytest.raises((TypeError, ValueError)) as caught:
+        app.execute("bonus", bad)  # type: ignore[arg-type]
+
+    assert "dict" in str(caught.value)
+    assert snapshot(redis_client) == {}
+
+
+def test_missing_parameter_is_a_validation_error(app: App, redis_client: redis.Redis) -> None:
+    with pytest.raises(pydantic.ValidationError) as caught:
+        app.execute("bonus", {"student_age": 3})
+
+    assert "bonus_amount" in str(caught.value)
+    assert snapshot(redis_client) == {}
+
+
+def test_unknown_parameter_is_a_validation_error(app: App, redis_client: redis.Redis) -> None:
+    with pytest.raises(pydantic.ValidationError) as caught:
+        app.execute("bonus", {"student_age": 3, "bonus_amount": 1.0, "extra": 1})
+
+    assert "extra" in str(caught.value)
+    assert snapshot(redis_client) == {}
+
+
+def test_literal_only_execution_records_its_inputs(app: App, redis_client: redis.Redis) -> None:
+    assert app.execute("bonus", {"student_age": 3, "bonus_amount": 0.5}) == 1.5
+
+    keys = snapshot(redis_client)
+    assert not version_keys(keys)
+    (record,) = exec_keys(keys)
+    run = Execution.model_validate_json(keys[record])
+    assert run.callable == "bonus"
+    assert run.inputs == {"student_age": 3, "bonus_amount": 0.5}
+    assert run.outputs == []
+    assert run.result == 1.5

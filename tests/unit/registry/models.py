@@ -1,0 +1,98 @@
+"""Entity classes the registry tests store; importable so stored type names resolve.
+
+Mutable defaults are written as in SPEC section 2: Pydantic copies them per instance
+(ruff cannot tell that `Entity` is a Pydantic model, hence the RUF012 exemption).
+"""
+
+# ruff: noqa: RUF012
+
+from __future__ import annotations
+
+from pydantic import ConfigDict, Field, computed_field
+
+from graftq.registry.entity import Entity
+
+
+class Address(Entity):
+    city: str
+
+
+class Student(Entity):
+    name: str
+    age: int
+    major: str = "undeclared"
+    address: Address | None = None
+    tags: list[str] = []
+    friends: list[Address] = []
+
+
+class Course(Entity):
+    """Sub-entities in every kind of container the spec names."""
+
+    title: str
+    mentor: Student | None = None
+    pair: tuple[Address, Address] | None = None
+    stops: tuple[Address, ...] = ()
+    by_name: dict[str, Address] = {}
+    groups: dict[str, list[Address]] = {}
+    grid: list[list[Address]] = []
+    mixed: list[Address | None] = []
+    scores: dict[str, int] = {}
+    labelled: dict[str, Address | int] = {}
+
+
+class Counter(Entity):
+    n: int = 0
+
+
+class Leaf(Entity):
+    value: int
+
+
+class Bag(Entity):
+    name: str
+    leaves: list[Leaf] = []
+
+
+class Link(Entity):
+    """A chain of entities; assigning `child` skips validation, so cycles can be built."""
+
+    name: str
+    child: Link | None = None
+
+
+class Node(Entity):
+    """The random trees of the property tests."""
+
+    value: int = 0
+    label: str = ""
+    children: list[Node] = []
+    opt: Node | None = None
+
+
+class Floor(Address):
+    """A subclass stored where an `Address` is declared."""
+
+    level: int = 0
+
+
+class Site(Entity):
+    place: Address
+    either: Address | Student | None = None
+
+
+class Aliased(Entity):
+    """Pydantic field aliases, as models mirroring external JSON use them."""
+
+    full_name: str = Field(alias="fullName")
+
+
+class Computed(Entity):
+    model_config = ConfigDict(extra="forbid")
+
+    a: int
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def double(self) -> int:
+        return self.a * 2

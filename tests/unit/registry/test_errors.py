@@ -1,0 +1,272 @@
+"""Invalid input and unreadable data (SPEC sections 2, 3 and 8)."""
+
+from __future__ import annotations
+
+import json
+from uuid import uuid4
+
+import pydantic
+import pytest
+import redis
+
+from graftq import errors
+from graftq.errors import (
+    CorruptVersion,
+    EntityNotFound,
+    GraftError,
+    InvalidEntity,
+    UnknownEntityType,
+    VersionConflict,
+)
+from graftq.registry.store import EntityRegistry
+from tests.unit.registry.helpers import snapshot
+from tests.unit.registry.models import Address, Course, Link, Student
+
+
+class NotAnEntity(pydantic.BaseModel):
+    city: str
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, "text", 3, {"city": "x"}, [Address(city="x")], NotAnEntity(city="x"), Address],
+    ids=["none", "str", "int", "dict", "list-of-entities", "plain-model", "class"],
+)
+def test_put_of_a_non_entity_is_invalid(
+    reg: EntityRegistry, redis_client: redis.Redis, value
+) -> None:
+    with pytest.raises(InvalidEntity):
+        reg.put(value)
+    assert redis_client.dbsize() == 0
+
+
+def two_link_cycle() -> Link:
+    a, b = Link(name="a"), Link(name="b")
+    a.child = b
+    b.child = a  # plain assignment skips validation
+    return a
+
+
+def self_cycle() -> Link:
+    a = Link(name="a")
+    a.child = a
+    return a
+
+
+def deep_cycle() -> Link:
+    a = Link(name="a", child=Link(name="b", child=Link(name="c")))
+    assert a.child is not None and a.child.child is not None
+    a.child.child.child = a
+    return a
+
+
+def twice_in_a_list() -> Student:
+    friend = Address(city="x")
+    return Student(name="s", age=1, friends=[friend, friend])
+
+
+def twice_in_two_fields() -> Student:
+    friend = Address(city="x")
+    return Student(name="s", age=1, address=friend, friends=[friend])
+
+
+def twice_in_nested_containers() -> Course:
+    stop = Address(city="x")
+    return Course(title="c", by_name={"a": stop}, grid=[[], [stop]])
+
+
+def twice_at_two_depths() -> Course:
+    home = Address(city="x")
+    return Course(title="c", mentor=Student(name="s", age=1, address=home), stops=(home,))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        two_link_cycle,
+        self_cycle,
+        deep_cycle,
+        twice_in_a_list,
+        twice_in_two_fields,
+        twice_in_nested_containers,
+        twice_at_two_depths,
+    ],
+)
+def test_cycles_and_one_object_twice_are_invalid_and_write_nothing(
+    reg: EntityRegistry, redis_client: redis.Redis, make
+) -> None:
+    reg.put(Student(name="existing", age=1, address=Address(city="y")))
+    before = snapshot(redis_client)
+
+    with pytest.raises(InvalidEntity):
+        reg.put(make())
+    assert snapshot(redis_client) == before
+
+
+def test_one_object_twice_in_a_stored_tree_is_invalid(
+    reg: EntityRegistry, redis_client: redis.Redis
+) -> None:
+    stored = reg.put(Student(name="s", age=1, friends=[Address(city="x")]))
+    stored.address = stored.friends[0]
+    before = snapshot(redis_client)
+
+    with pytest.raises(InvalidEntity):
+        reg.put(stored)
+    assert snapshot(redis_client) == before
+
+
+def test_equal_copies_of_one_version_are_not_the_same_object(reg: EntityRegistry) -> None:
+    friend = reg.put(Address(city="x"))
+    twice = reg.put(
+        Student(name="s", age=1, friends=[reg.get(friend.ecs_id), reg.get(friend.ecs_id)])
+    )
+    assert [f.ecs_id for f in twice.friends] == [friend.ecs_id, friend.ecs_id]
+    assert twice.friends[0] is not twice.friends[1]
+
+
+@pytest.mark.parametrize("call", ["get", "head", "history", "provenance", "lineage_mermaid"])
+def test_unknown_uuid_is_entity_not_found_naming_it(reg: EntityRegistry, call) -> None:
+    reg.put(Address(city="x"))
+    unknown = uuid4()
+    for form in (unknown, str(unknown)):
+        with pytest.raises(EntityNotFound) as caught:
+            getattr(reg, call)(form)
+        assert str(unknown) in str(caught.value)
+
+
+@pytest.mark.parametrize("call", ["get", "head", "history", "provenance", "lineage_mermaid"])
+@pytest.mark.parametrize("bad", ["not-a-uuid", "", "1234", "graftq:v:abc"])
+def test_malformed_id_is_entity_not_found_naming_it(reg: EntityRegistry, call, bad) -> None:
+    with pytest.raises(EntityNotFound) as caught:
+        getattr(reg, call)(bad)
+    assert repr(bad) in str(caught.value) or (bad and bad in str(caught.value))
+
+
+def test_lineage_and_version_ids_are_not_interchangeable(reg: EntityRegistry) -> None:
+    stored = reg.put(Address(city="x"))
+    with pytest.raises(EntityNotFound, match=str(stored.lineage_id)):
+        reg.get(stored.lineage_id)
+    with pytest.raises(EntityNotFound, match=str(stored.ecs_id)):
+        reg.head(stored.ecs_id)
+    with pytest.raises(EntityNotFound, match=str(stored.ecs_id)):
+        reg.history(stored.ecs_id)
+
+
+def test_corrupt_json_is_corrupt_version_naming_the_id(
+    reg: EntityRegistry, redis_client: redis.Redis
+) -> None:
+    stored = reg.put(Address(city="x"))
+    redis_client.set(f"graftq:v:{stored.ecs_id}", '{"type": "oops", "data": {')
+
+    for call, arg in [
+        (reg.get, stored.ecs_id),
+        (reg.head, stored.lineage_id),
+        (reg.history, stored.lineage_id),
+        (reg.provenance, stored.ecs_id),
+    ]:
+        with pytest.raises(CorruptVersion) as caught:
+            call(arg)
+        assert str(stored.ecs_id) in str(caught.value)
+
+
+def test_corrupt_sub_entity_is_corrupt_version_naming_the_sub_entity(
+    reg: EntityRegistry, redis_client: redis.Redis
+) -> None:
+    stored = reg.put(Student(name="s", age=1, address=Address(city="x")))
+    assert stored.address is not None
+    redis_client.set(f"graftq:v:{stored.address.ecs_id}", "garbage")
+
+    with pytest.raises(CorruptVersion, match=str(stored.address.ecs_id)):
+        reg.get(stored.ecs_id)
+
+
+def test_put_over_a_corrupt_version_is_corrupt_version_and_writes_nothing(
+    reg: EntityRegistry, redis_client: redis.Redis
+) -> None:
+    stored = reg.put(Address(city="x"))
+    redis_client.set(f"graftq:v:{stored.ecs_id}", "[1, 2")
+    before = snapshot(redis_client)
+    stored.city = "y"
+
+    with pytest.raises(CorruptVersion, match=str(stored.ecs_id)):
+        reg.put(stored)
+    assert snapshot(redis_client) == before
+
+
+def _rewrite(redis_client: redis.Redis, ecs_id, change) -> None:
+    key = f"graftq:v:{ecs_id}"
+    doc = json.loads(redis_client.get(key))
+    change(doc)
+    redis_client.set(key, json.dumps(doc))
+
+
+def test_invalid_stored_values_are_corrupt_version(
+    reg: EntityRegistry, redis_client: redis.Redis
+) -> None:
+    stored = reg.put(Student(name="s", age=1))
+    # Valid JSON that does not validate as a Student: the wrong type for `age`.
+    blob = redis_client.get(f"graftq:v:{stored.ecs_id}")
+    assert blob is not None and '"age":1' in blob.replace(" ", "")
+    redis_client.set(f"graftq:v:{stored.ecs_id}", blob.replace('"age":1', '"age":"old"'))
+
+    with pytest.raises(CorruptVersion, match=str(stored.ecs_id)):
+        reg.get(stored.ecs_id)
+
+
+@pytest.mark.parametrize("payload", ["null", "[]", '"text"', "42", '{"data": []}'], ids=lambda p: p)
+def test_documents_of_the_wrong_shape_are_corrupt_version(
+    reg: EntityRegistry, redis_client: redis.Redis, payload
+) -> None:
+    stored = reg.put(Address(city="x"))
+    redis_client.set(f"graftq:v:{stored.ecs_id}", payload)
+
+    with pytest.raises(CorruptVersion, match=str(stored.ecs_id)):
+        reg.get(stored.ecs_id)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a version document missing 'type' or an identity member raises a bare KeyError",
+)
+@pytest.mark.parametrize("member", ["type", "lineage_id", "created_at"])
+def test_documents_missing_a_member_are_corrupt_version(
+    reg: EntityRegistry, redis_client: redis.Redis, member
+) -> None:
+    stored = reg.put(Address(city="x"))
+    _rewrite(redis_client, stored.ecs_id, lambda doc: doc.pop(member))
+
+    with pytest.raises(CorruptVersion, match=str(stored.ecs_id)):
+        reg.get(stored.ecs_id)
+
+
+def test_unknown_stored_type_is_unknown_entity_type(
+    reg: EntityRegistry, redis_client: redis.Redis
+) -> None:
+    stored = reg.put(Address(city="x"))
+    _rewrite(redis_client, stored.ecs_id, lambda doc: doc.update(type="nowhere.Missing"))
+
+    with pytest.raises(UnknownEntityType, match=r"nowhere\.Missing"):
+        reg.get(stored.ecs_id)
+    with pytest.raises(UnknownEntityType):
+        reg.head(stored.lineage_id)
+
+
+def test_error_tree() -> None:
+    for name in (
+        "EntityNotFound",
+        "InvalidReference",
+        "InvalidEntity",
+        "RegistrationError",
+        "ReturnTypeError",
+        "VersionConflict",
+        "IsolationError",
+        "TimeLimitExceeded",
+        "JobTimeout",
+        "CorruptVersion",
+        "UnknownEntityType",
+    ):
+        assert issubclass(getattr(errors, name), GraftError), name
+    assert issubclass(EntityNotFound, ValueError)
+    assert issubclass(InvalidEntity, ValueError)
+    assert not issubclass(VersionConflict, ValueError)
+    assert str(EntityNotFound()) != ""
