@@ -99,6 +99,8 @@ def _new_version(
 ) -> Version:
     if old is None:  # never stored: the object's own ids start a new lineage
         new_id, lineage, parent = ecs_id, str(lineage_id), None
+        if lineage == new_id:
+            raise InvalidEntity(f"entity {ecs_id} has lineage_id equal to its ecs_id; they differ")
     else:
         new_id, lineage, parent = str(uuid4()), old["lineage_id"], ecs_id
     type_name, data, kids = key

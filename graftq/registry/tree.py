@@ -88,19 +88,37 @@ def nodes(root: Node) -> Iterator[Node]:
 
 
 def own_data(entity: Entity, kid_paths: list[Path]) -> dict[str, Any]:
-    """The entity's own fields as JSON data, sub-entities and identity cut out."""
-    exclude: dict[Any, Any] = dict.fromkeys(IDENTITY_FIELDS, True)
-    for path in kid_paths:
-        spot = exclude
-        for part in path[:-1]:
-            spot = spot.setdefault(part, {})
-        spot[path[-1]] = True
-    data: dict[str, Any] = entity.model_dump(mode="json", exclude=exclude)
+    """The entity's own fields as JSON data: each sub-entity a null placeholder.
+
+    Placeholders keep list positions and dict key order exactly; identity and
+    computed fields are left out (the store sets the one, the model derives the other).
+    """
+    if kid_paths:
+        fields = dict.fromkeys(str(path[0]) for path in kid_paths)
+        entity = entity.model_copy(update={name: _blank(getattr(entity, name)) for name in fields})
+    exclude = set(IDENTITY_FIELDS) | set(type(entity).model_computed_fields)
+    # warnings=False: a placeholder None where the annotation wants an Entity is intended.
+    data: dict[str, Any] = entity.model_dump(
+        mode="json", exclude=exclude, by_alias=False, warnings=False
+    )
     return data
+
+
+def _blank(value: Any) -> Any:
+    if isinstance(value, Entity):
+        return None
+    if isinstance(value, list | tuple):
+        return type(value)(_blank(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _blank(item) for key, item in value.items()}
+    return value
 
 
 def encode(doc: Mapping[str, Any]) -> str:
     return json.dumps(doc, separators=(",", ":"))
+
+
+_HEADER = ("type", "ecs_id", "lineage_id", "parent_id", "created_at", "derived_from")
 
 
 def decode_doc(ecs_id: str, raw: str | bytes) -> dict[str, Any]:
@@ -109,8 +127,11 @@ def decode_doc(ecs_id: str, raw: str | bytes) -> dict[str, Any]:
         doc = json.loads(raw)
         if not isinstance(doc, dict) or not isinstance(doc["data"], dict):
             raise TypeError("not a version document")
+        missing = [name for name in _HEADER if name not in doc]
+        if missing or not isinstance(doc["type"], str):
+            raise TypeError(f"missing or bad members: {', '.join(missing) or 'type'}")
         for path, kid in doc["kids"]:
-            if not isinstance(path, list) or not isinstance(kid, str):
+            if not isinstance(path, list) or not path or not isinstance(kid, str):
                 raise TypeError("bad kid entry")
     except (ValueError, TypeError, KeyError) as exc:
         raise CorruptVersion(f"stored version {ecs_id} is unreadable: {exc}") from None
@@ -123,29 +144,28 @@ def build(ecs_id: str, docs: Mapping[str, dict[str, Any]]) -> Entity:
     if doc is None:
         raise CorruptVersion(f"stored version {ecs_id} is missing from the store")
     data = json.loads(json.dumps(doc["data"]))  # private copy: the doc may be reused
-    for path, kid in doc["kids"]:
-        _insert(data, path, build(kid, docs))
-    for name in IDENTITY_FIELDS:
-        data[name] = doc[name]
     cls = entity_class(doc["type"])
     try:
-        return cls.model_validate(data)
+        for path, kid in doc["kids"]:
+            _place(data, path, build(kid, docs))
+        for name in IDENTITY_FIELDS:
+            data[name] = doc[name]
+        return cls.model_validate(data, by_alias=False, by_name=True)
+    except (LookupError, TypeError) as exc:
+        raise CorruptVersion(
+            f"stored version {ecs_id}: a sub-entity path is wrong: {exc}"
+        ) from None
     except ValidationError as exc:
         raise CorruptVersion(
             f"stored version {ecs_id} does not validate as {cls.__name__}: {exc}"
         ) from None
 
 
-def _insert(data: dict[str, Any], path: list[PathPart], value: Entity) -> None:
-    # Kids come in document order, so list positions are re-inserted ascending.
+def _place(data: dict[str, Any], path: list[PathPart], value: Entity) -> None:
     spot: Any = data
     for part in path[:-1]:
         spot = spot[part]
-    last = path[-1]
-    if isinstance(spot, list):
-        spot.insert(int(last), value)
-    else:
-        spot[last] = value
+    spot[path[-1]] = value
 
 
 def _dotted(path: Path) -> str:

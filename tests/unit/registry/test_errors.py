@@ -224,10 +224,6 @@ def test_documents_of_the_wrong_shape_are_corrupt_version(
         reg.get(stored.ecs_id)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a version document missing 'type' or an identity member raises a bare KeyError",
-)
 @pytest.mark.parametrize("member", ["type", "lineage_id", "created_at"])
 def test_documents_missing_a_member_are_corrupt_version(
     reg: EntityRegistry, redis_client: redis.Redis, member

@@ -82,10 +82,6 @@ def test_every_container_kind_round_trips(reg: EntityRegistry) -> None:
     assert len(all_ids(read.model_dump())) == 1 + 4 + 2 + 3 + 2 + 2 + 3 + 2 + 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a dict mixing entity and plain values reads back with the entity keys last",
-)
 def test_dict_key_order_survives_when_entities_and_values_mix(reg: EntityRegistry) -> None:
     original = Course(title="t", labelled={"n": 7, "addr": Address(city="l"), "z": 9})
     reg.put(original)
@@ -94,10 +90,6 @@ def test_dict_key_order_survives_when_entities_and_values_mix(reg: EntityRegistr
     assert list(read.labelled) == ["n", "addr", "z"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='BUG: a dict key "__all__" holding an entity drops every plain value of that dict',
-)
 def test_dict_key_named_all_keeps_its_sibling_values(reg: EntityRegistry) -> None:
     original = Course(title="t", labelled={"__all__": Address(city="l"), "n": 7})
     stored = reg.put(original)
@@ -289,10 +281,6 @@ def test_subclass_and_union_sub_entities_keep_their_class(reg: EntityRegistry) -
     assert reg.get(v2.place.ecs_id).model_dump()["level"] == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: fields with a Pydantic alias are stored by name but validated by alias",
-)
 def test_aliased_fields_round_trip(reg: EntityRegistry) -> None:
     original = Aliased(fullName="Ada Lovelace")
     stored = reg.put(original)
@@ -301,10 +289,6 @@ def test_aliased_fields_round_trip(reg: EntityRegistry) -> None:
     assert isinstance(read, Aliased) and read.full_name == "Ada Lovelace"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: computed fields are stored as data and refused on load by extra='forbid'",
-)
 def test_computed_fields_round_trip(reg: EntityRegistry) -> None:
     original = Computed(a=2)
     reg.put(original)

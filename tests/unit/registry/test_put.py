@@ -72,10 +72,6 @@ def test_first_put_writes_a_version_key_per_entity(
     assert found == {str(i) for i in expected}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: put() stores a first version whose hand-set lineage_id equals its ecs_id",
-)
 def test_first_version_lineage_id_never_equals_an_ecs_id(reg: EntityRegistry) -> None:
     same = uuid4()
     try:
