@@ -171,6 +171,49 @@ def functions(app_path: str) -> None:
     console.print(table)
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@main.command()
+@APP_OPTION
+@click.option("--port", type=int, default=5555, show_default=True)
+@click.option("--address", default="127.0.0.1", show_default=True)
+@click.option(
+    "--basic-auth",
+    envvar="GRAFTQ_FLOWER_BASIC_AUTH",
+    metavar="USER:PASS[,USER:PASS]",
+    help="HTTP basic auth (env GRAFTQ_FLOWER_BASIC_AUTH).",
+)
+@click.option("--no-auth", is_flag=True, help="Run without authentication (loopback only).")
+def flower(app_path: str, port: int, address: str, basic_auth: str | None, no_auth: bool) -> None:
+    """Start Flower on the App's broker, with authentication on."""
+    if not basic_auth and not no_auth:
+        raise click.UsageError(
+            "Flower needs authentication: pass --basic-auth user:pass "
+            "(or set GRAFTQ_FLOWER_BASIC_AUTH); --no-auth is allowed on a loopback address only"
+        )
+    if no_auth and not basic_auth and address not in LOOPBACK:
+        raise click.UsageError(f"--no-auth is refused on {address}: bind to 127.0.0.1 or add auth")
+    if basic_auth and not all(":" in pair for pair in basic_auth.split(",")):
+        raise click.BadParameter("--basic-auth must be user:password[,user:password]")
+    app = load_app(app_path)
+    argv = ["flower", f"--port={port}", f"--address={address}"]
+    if basic_auth:
+        argv.append(f"--basic-auth={basic_auth}")
+    app.celery.start(argv)
+
+
+@main.command()
+def demo() -> None:
+    """Run example jobs with references on a worker and print the lineage.
+
+    Uses GRAFTQ_REDIS_URL if a Redis answers there, else starts a private one.
+    """
+    from graftq import demo as example  # the demo's models register only when asked for
+
+    example.run()
+
+
 def _print_value(value: Any) -> None:
     if hasattr(value, "model_dump_json"):
         console.print_json(value.model_dump_json())

@@ -49,6 +49,9 @@ return out
 """
 
 
+E = typing.TypeVar("E", bound=Entity)
+
+
 @dataclass(frozen=True)
 class Committed:
     """The result of `EntityRegistry.commit`."""
@@ -102,9 +105,9 @@ class EntityRegistry:
 
     # -- writing ---------------------------------------------------------------
 
-    def put(self, entity: Entity, *, branch: bool = False) -> Entity:
+    def put(self, entity: E, *, branch: bool = False) -> E:
         """Store the tree; returns the stored copy. The caller's object is never mutated."""
-        return self.commit([entity], branch=branch).entities[0]
+        return typing.cast(E, self.commit([entity], branch=branch).entities[0])
 
     def commit(
         self,

@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import random
 import socket
 import threading
+import time
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +31,8 @@ from graftq.tasks.inputs import Prepared, prepare
 from graftq.tasks.isolation import run_isolated
 
 _JSON, _PICKLE = b"J", b"P"
+RERUN_BACKOFF_BASE = 0.005  # seconds; doubles per re-run
+RERUN_BACKOFF_CAP = 0.5
 
 
 @dataclass(frozen=True)
@@ -91,12 +95,18 @@ def run_call(
         except VersionConflict:
             if attempt > call.max_reruns:
                 raise
+            time.sleep(_backoff(attempt))
             continue
         assert committed.execution is not None
         if committed.replayed:
             return replayed(store, info, committed.execution)
         return Ran(results.with_stored(value, committed.entities), committed.execution)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _backoff(attempt: int) -> float:
+    """Full-jitter exponential backoff before a re-run, so contenders spread out."""
+    return random.uniform(0, min(RERUN_BACKOFF_CAP, RERUN_BACKOFF_BASE * 2**attempt))
 
 
 def execute_body(store: EntityRegistry, prepared: Prepared) -> Any:

@@ -4,8 +4,6 @@ Mutable defaults are written as in SPEC section 2: Pydantic copies them per inst
 (ruff cannot tell that `Entity` is a Pydantic model, hence the RUF012 exemption).
 """
 
-# ruff: noqa: RUF012
-
 from __future__ import annotations
 
 from pydantic import ConfigDict, Field, computed_field
