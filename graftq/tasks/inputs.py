@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from graftq.errors import InvalidReference
 from graftq.registry import references
 from graftq.registry.entity import Entity
 from graftq.registry.store import EntityRegistry
@@ -37,20 +36,14 @@ class Prepared:
         return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
-def store_entities(store: EntityRegistry, input_data: Mapping[str, Any]) -> dict[str, Any]:
-    """`input_data` with every Entity object stored and replaced by a pinned reference.
+def store_entities(
+    store: EntityRegistry, input_data: dict[str, Any], found: list[Entity]
+) -> dict[str, Any]:
+    """`input_data` with its Entity objects (`found`) stored and replaced by pinned references.
 
     An unstored entity is stored as a first version, a modified one is forked
     (a branch if its head moved): all in one transaction.
     """
-    if not isinstance(input_data, Mapping):
-        raise InvalidReference(
-            f"input must be a dict of parameter name → value, got {type(input_data).__name__}"
-        )
-    found: list[Entity] = []
-    _swap(dict(input_data), found.append)
-    if not found:
-        return dict(input_data)
     stored = iter(store.commit(found, branch=True).entities)
     swapped: dict[str, Any] = _swap(dict(input_data), lambda _: f"@{next(stored).ecs_id}")
     return swapped
@@ -82,9 +75,23 @@ def _record(pinned: Any) -> Any:
 
 
 def prepare(store: EntityRegistry, info: CallableInfo, input_data: Mapping[str, Any]) -> Prepared:
-    """Resolve and validate; raises before anything runs or is enqueued."""
-    given = store_entities(store, input_data)
+    """Resolve and validate; raises before anything runs, is enqueued or is written.
+
+    Entity objects among the values are validated as given first, and only
+    then stored, so bad input leaves no trace in the store.
+    """
+    if not isinstance(input_data, Mapping):
+        raise TypeError(
+            f"input must be a dict of parameter name → value, got {type(input_data).__name__}"
+        )
+    given = dict(input_data)
+    found: list[Entity] = []
+    _swap(given, found.append)
     resolution = references.resolve(store, given)
     kwargs = info.validate_input(resolution.value)
+    if found:  # now that the input is known good, store the objects and read them back
+        given = store_entities(store, given, found)
+        resolution = references.resolve(store, given)
+        kwargs = info.validate_input(resolution.value)
     by_lineage = any(ref.by_lineage for ref in resolution.references)
     return Prepared(info, given, resolution.pinned, kwargs, by_lineage)

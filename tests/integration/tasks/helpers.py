@@ -6,6 +6,9 @@ from typing import Any
 
 import redis
 
+from graftq import EntityRegistry
+from tests.apps.school import Student
+
 
 def snapshot(client: redis.Redis) -> dict[str, Any]:
     """Every key with its value, so a test can tell exactly what a call wrote."""
@@ -36,3 +39,10 @@ def version_keys(keys: set[str] | dict[str, Any]) -> set[str]:
 
 def exec_keys(keys: set[str] | dict[str, Any]) -> set[str]:
     return {key for key in keys if key.startswith("graftq:exec:")}
+
+
+def put_student(store: EntityRegistry, **fields: Any) -> Student:
+    """A stored student (Ada, 20, math unless `fields` say otherwise)."""
+    stored = store.put(Student(**{"name": "Ada", "age": 20, "major": "math", **fields}))
+    assert isinstance(stored, Student)
+    return stored

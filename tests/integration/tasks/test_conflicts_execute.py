@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
+
 from graftq import App, EntityRegistry
-from tests.apps.school import Counter
+from tests.apps.school import Counter, make_app
 
 THREADS, CALLS = 6, 3
 
@@ -17,8 +19,8 @@ def put_counter(store: EntityRegistry) -> Counter:
     return stored
 
 
-def test_concurrent_lineage_increments_form_one_chain(app: App, store: EntityRegistry) -> None:
-    counter = put_counter(store)
+def increment_concurrently(app: App, counter: Counter) -> tuple[list[Any], list[BaseException]]:
+    """THREADS threads each execute `increment` by lineage CALLS times, all released at once."""
     start = threading.Barrier(THREADS)
     errors: list[BaseException] = []
     results: list[Any] = []
@@ -37,8 +39,10 @@ def test_concurrent_lineage_increments_form_one_chain(app: App, store: EntityReg
     for thread in threads:
         thread.join(timeout=60)
     assert not any(thread.is_alive() for thread in threads)
-    assert errors == []
+    return results, errors
 
+
+def assert_one_chain(store: EntityRegistry, counter: Counter, results: list[Any]) -> None:
     total = THREADS * CALLS
     head = store.head(counter.lineage_id)
     assert isinstance(head, Counter) and head.value == total
@@ -55,12 +59,44 @@ def test_concurrent_lineage_increments_form_one_chain(app: App, store: EntityReg
     assert all(run is not None and not run.branched for run in runs)
 
 
+def test_concurrent_lineage_increments_form_one_chain(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Enough re-runs that no job can run out of them: this checks the re-run itself.
+    # A body of 20 ms (read in the forked child) makes head moves under a run certain.
+    monkeypatch.setenv("GRAFTQ_REDIS_URL", redis_url)
+    monkeypatch.setenv("GRAFTQ_MAX_RERUNS", "1000")
+    monkeypatch.setenv("GRAFTQ_TEST_INCREMENT_PAUSE", "0.02")
+    app = make_app()
+    counter = put_counter(app.entities)
+
+    results, errors = increment_concurrently(app, counter)
+
+    assert errors == []
+    assert_one_chain(app.entities, counter, results)
+    attempts = [run.attempts for r in results if (run := app.entities.provenance(r.ecs_id))]
+    assert len(attempts) == THREADS * CALLS
+    assert max(attempts) > 1  # some jobs really were re-run on a moved head
+
+
+def test_concurrent_lineage_increments_with_default_settings(
+    app: App, store: EntityRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Default max_reruns: re-runs must spread out (a body of 50 ms, read in the forked
+    # child, makes the same threads win every race unless they do).
+    monkeypatch.setenv("GRAFTQ_TEST_INCREMENT_PAUSE", "0.05")
+    counter = put_counter(store)
+
+    results, errors = increment_concurrently(app, counter)
+
+    assert errors == []
+    assert_one_chain(store, counter, results)
+
+
 def test_pinned_inputs_branch_instead_of_moving_the_head(app: App, store: EntityRegistry) -> None:
     counter = put_counter(store)
 
-    results = [
-        app.execute("increment", {"counter": f"@{counter.ecs_id}"}) for _ in range(3)
-    ]
+    results = [app.execute("increment", {"counter": f"@{counter.ecs_id}"}) for _ in range(3)]
 
     assert [r.value for r in results] == [1, 1, 1]
     assert all(r.parent_id == counter.ecs_id for r in results)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from pathlib import Path
 from uuid import UUID
 
 import pydantic
@@ -14,14 +13,13 @@ import redis
 
 from graftq import App, EntityRegistry, Execution, ExecutionStatus, UnknownCallable
 from tests.apps.school import Counter, GraduateStudent, Student
-from tests.integration.tasks.helpers import changed_keys, exec_keys, snapshot, version_keys
-
-
-def put_student(store: EntityRegistry, **fields: object) -> Student:
-    stored = store.put(Student(**{"name": "Ada", "age": 20, "major": "math", **fields}))
-    assert isinstance(stored, Student)
-    return stored
-
+from tests.integration.tasks.helpers import (
+    changed_keys,
+    exec_keys,
+    put_student,
+    snapshot,
+    version_keys,
+)
 
 # -- the seed's example ------------------------------------------------------------------
 
@@ -203,6 +201,21 @@ def test_async_callable_via_aexecute(app: App, store: EntityRegistry) -> None:
     assert store.head_id(student.lineage_id) == str(new.ecs_id)
 
 
+def test_concurrent_aexecute_calls(app: App, store: EntityRegistry) -> None:
+    students = [put_student(store, age=n) for n in range(3)]
+
+    async def main() -> list[Student]:
+        calls = [app.aexecute("async_birthday", {"student": f"@{s.lineage_id}"}) for s in students]
+        return list(await asyncio.gather(*calls))
+
+    older = asyncio.run(main())
+
+    assert [s.age for s in older] == [1, 2, 3]
+    for before, after in zip(students, older, strict=True):
+        assert after.parent_id == before.ecs_id
+        assert store.head_id(before.lineage_id) == str(after.ecs_id)
+
+
 @pytest.mark.parametrize("name", ["async_birthday", "birthday", "inline_birthday"])
 def test_execute_inside_a_running_event_loop(app: App, store: EntityRegistry, name: str) -> None:
     student = put_student(store)
@@ -218,9 +231,7 @@ def test_execute_inside_a_running_event_loop(app: App, store: EntityRegistry, na
     assert store.head_id(student.lineage_id) == str(new.ecs_id)
 
 
-def test_async_inline_callable_inside_a_running_event_loop(
-    app: App, store: EntityRegistry
-) -> None:
+def test_async_inline_callable_inside_a_running_event_loop(app: App, store: EntityRegistry) -> None:
     @app.register(isolation="none")
     async def async_inline_bump(counter: Counter) -> Counter:
         await asyncio.sleep(0)
@@ -256,6 +267,28 @@ def test_inline_callable_commits_and_leaves_the_callers_object_alone(
     assert run is not None and run.callable == "inline_birthday"
 
 
+def test_inline_callable_gets_private_copies_of_nested_input(
+    app: App, store: EntityRegistry
+) -> None:
+    @app.register(isolation="none")
+    def inline_scribble(students: list[Student], data: dict[str, list[int]]) -> int:
+        students[0].age = 99
+        students[1].tags.append("scribbled")
+        data["x"].append(5)
+        return len(students)
+
+    fresh = Student(name="Bo", age=7)
+    stored = put_student(store)
+    data = {"x": [1]}
+
+    assert app.execute("inline_scribble", {"students": [fresh, stored], "data": data}) == 2
+
+    assert fresh.age == 7 and stored.tags == []
+    assert data == {"x": [1]}
+    assert store.head(fresh.lineage_id).age == 7
+    assert store.head(stored.lineage_id).model_dump() == stored.model_dump()
+
+
 def test_inline_callable_mutating_an_input_it_does_not_return_commits_nothing(
     app: App, store: EntityRegistry, redis_client: redis.Redis
 ) -> None:
@@ -274,54 +307,10 @@ def test_inline_callable_mutating_an_input_it_does_not_return_commits_nothing(
     assert store.head(student.lineage_id).model_dump() == student.model_dump()
 
 
-# -- memoization ---------------------------------------------------------------------------
-
-
-def ran(marker: Path) -> int:
-    return marker.read_text().count("ran\n") if marker.exists() else 0
-
-
-def test_cache_returns_the_recorded_result_for_the_same_inputs(app: App, tmp_path: Path) -> None:
-    marker = tmp_path / "marker"
-
-    first = app.execute("slow_square", {"x": 7, "marker_file": str(marker)})
-    second = app.execute("slow_square", {"x": 7, "marker_file": str(marker)})
-
-    assert first == second == 49
-    assert ran(marker) == 1
-
-    assert app.execute("slow_square", {"x": 8, "marker_file": str(marker)}) == 64
-    assert ran(marker) == 2
-
-
-def test_cache_with_pinned_references(app: App, store: EntityRegistry, tmp_path: Path) -> None:
-    marker = tmp_path / "marker"
-    student = put_student(store, age=5)
-    pinned = {"x": f"@{student.ecs_id}.age", "marker_file": str(marker)}
-
-    assert app.execute("slow_square", pinned) == 25
-    assert app.execute("slow_square", pinned) == 25
-    assert ran(marker) == 1
-
-
-def test_cache_does_not_apply_to_lineage_references(
-    app: App, store: EntityRegistry, tmp_path: Path
-) -> None:
-    marker = tmp_path / "marker"
-    student = put_student(store, age=5)
-    by_lineage = {"x": f"@{student.lineage_id}.age", "marker_file": str(marker)}
-
-    assert app.execute("slow_square", by_lineage) == 25
-    assert app.execute("slow_square", by_lineage) == 25
-    assert ran(marker) == 2
-
-
 # -- errors --------------------------------------------------------------------------------
 
 
-def test_unknown_callable_lists_the_registered_names(
-    app: App, redis_client: redis.Redis
-) -> None:
+def test_unknown_callable_lists_the_registered_names(app: App, redis_client: redis.Redis) -> None:
     with pytest.raises(UnknownCallable) as caught:
         app.execute("no_such_function", {})
 

@@ -23,13 +23,13 @@ from graftq import (
     TimeLimitExceeded,
 )
 from tests.apps.school import Boom, Student
-from tests.integration.tasks.helpers import changed_keys, exec_keys, snapshot, version_keys
-
-
-def put_student(store: EntityRegistry) -> Student:
-    stored = store.put(Student(name="Ada", age=20, major="math"))
-    assert isinstance(stored, Student)
-    return stored
+from tests.integration.tasks.helpers import (
+    changed_keys,
+    exec_keys,
+    put_student,
+    snapshot,
+    version_keys,
+)
 
 
 def only_failure_records(client: redis.Redis, changed: set[str]) -> None:
@@ -148,9 +148,7 @@ def test_crashing_child_is_an_isolation_error_and_commits_nothing(
     assert app.execute("bonus", {"student_age": 2, "bonus_amount": 1.5}) == 3.0  # still serving
 
 
-def test_time_limit_kills_the_child(
-    app: App, redis_client: redis.Redis, pid_file: Path
-) -> None:
+def test_time_limit_kills_the_child(app: App, redis_client: redis.Redis, pid_file: Path) -> None:
     before = snapshot(redis_client)
     started = time.monotonic()
 
@@ -166,9 +164,7 @@ def test_time_limit_kills_the_child(
     only_failure_records(redis_client, changed_keys(before, snapshot(redis_client)))
 
 
-def test_body_exception_comes_back_with_its_message(
-    app: App, redis_client: redis.Redis
-) -> None:
+def test_body_exception_comes_back_with_its_message(app: App, redis_client: redis.Redis) -> None:
     with pytest.raises(ValueError) as caught:
         app.execute("fail", {"message": "no marks for you"})
 

@@ -11,7 +11,7 @@ import redis
 from graftq import App, Entity, EntityNotFound, EntityRegistry, InvalidReference
 from graftq.registry import references
 from tests.apps.school import Address, Counter, Student
-from tests.integration.tasks.helpers import snapshot
+from tests.integration.tasks.helpers import put_student, snapshot
 
 
 class Gradebook(Entity):
@@ -22,12 +22,6 @@ class Gradebook(Entity):
     owner: str
     scores: dict[str, int]
     history: list[dict[str, int]] = []
-
-
-def put_student(store: EntityRegistry, **fields: Any) -> Student:
-    stored = store.put(Student(**{"name": "Ada", "age": 20, "major": "math", **fields}))
-    assert isinstance(stored, Student)
-    return stored
 
 
 def newer_version(store: EntityRegistry, student: Student, **changes: Any) -> Student:
@@ -73,7 +67,9 @@ def test_pinned_reference_to_an_old_version_records_that_version(
 def test_field_reference_is_recorded_pinned(app: App, store: EntityRegistry) -> None:
     student = put_student(store)
 
-    app.execute("move", {"student": f"@{student.lineage_id}", "city": f"@{student.lineage_id}.name"})
+    app.execute(
+        "move", {"student": f"@{student.lineage_id}", "city": f"@{student.lineage_id}.name"}
+    )
 
     head = store.head(student.lineage_id)
     assert isinstance(head, Student) and head.address is not None

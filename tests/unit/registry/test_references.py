@@ -16,9 +16,7 @@ PROFILE = settings(database=None, max_examples=200, deadline=None)
 
 uuids = st.uuids().map(str)
 # A path segment: anything without a '.', not starting with '_'.
-segments = st.text(min_size=1, max_size=12).filter(
-    lambda s: "." not in s and not s.startswith("_")
-)
+segments = st.text(min_size=1, max_size=12).filter(lambda s: "." not in s and not s.startswith("_"))
 paths = st.lists(segments, max_size=6)
 private = st.text(max_size=8).filter(lambda s: "." not in s).map(lambda s: "_" + s)
 
