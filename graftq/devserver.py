@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from graftq.errors import GraftError
 
@@ -48,7 +49,28 @@ def free_port() -> int:
         return port
 
 
-class RedisServer:
+class _Process:
+    """A subprocess this process started: `with` starts it and always stops it."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RedisServer(_Process):
     """One redis-server subprocess; use as a context manager or call stop()."""
 
     def __init__(self, port: int | None = None, *, appendonly: bool = False) -> None:
@@ -65,7 +87,7 @@ class RedisServer:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
-    def start(self, timeout: float = 10.0) -> RedisServer:
+    def start(self, timeout: float = 10.0) -> Self:
         args = [
             find_redis_server(),
             "--port", str(self.port),
@@ -110,19 +132,8 @@ class RedisServer:
         self.stop(keep_data=True)
         self.start()
 
-    def __enter__(self) -> RedisServer:
-        return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class WorkerProcess:
+class WorkerProcess(_Process):
     """A `graftq worker` subprocess in its own session, stopped by its PID.
 
     The worker is told its Redis through GRAFTQ_REDIS_URL; `env` adds more.
@@ -158,7 +169,7 @@ class WorkerProcess:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
-    def start(self, timeout: float = 30.0) -> WorkerProcess:
+    def start(self, timeout: float = 30.0) -> Self:
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 self._args, stdout=log, stderr=subprocess.STDOUT, env=self._env,
@@ -205,14 +216,3 @@ class WorkerProcess:
             os.killpg(proc.pid, signal.SIGKILL)  # leftovers of the session we started
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5)
-
-    def __enter__(self) -> WorkerProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -82,9 +82,18 @@ def run_call(
         try:
             value = execute_body(store, prepared)
         except BaseException as exc:
-            _record_failure(store, prepared, call, started, exc)
+            error = f"{type(exc).__name__}: {exc}"
+            failed = _record(prepared, call, started, status=ExecutionStatus.FAILURE, error=error)
+            store.commit([], execution=failed)
             raise
-        execution = _record(prepared, call, started, value, attempt)
+        execution = _record(
+            prepared,
+            call,
+            started,
+            status=ExecutionStatus.SUCCESS,
+            result=results.recorded(value),
+            attempts=attempt,
+        )
         try:
             committed = store.commit(
                 results.root_entities(value),
@@ -181,38 +190,18 @@ def _decode(info: CallableInfo, payload: bytes) -> Any:
     return cloudpickle.loads(payload[1:])
 
 
-def _record(
-    prepared: Prepared, call: Call, started: datetime, value: Any, attempt: int
-) -> Execution:
+def _record(prepared: Prepared, call: Call, started: datetime, **outcome: Any) -> Execution:
+    """The Execution record of this run; `outcome` gives status, result or error, attempts."""
     return Execution(
         id=call.execution_id,
         callable=prepared.info.name,
         callable_version=prepared.info.version,
         inputs=prepared.recorded_inputs(),
-        status=ExecutionStatus.SUCCESS,
         started_at=started,
         finished_at=datetime.now(UTC),
         worker=call.worker,
-        result=results.recorded(value),
-        attempts=attempt,
+        **outcome,
     )
-
-
-def _record_failure(
-    store: EntityRegistry, prepared: Prepared, call: Call, started: datetime, exc: BaseException
-) -> None:
-    failed = Execution(
-        id=call.execution_id,
-        callable=prepared.info.name,
-        callable_version=prepared.info.version,
-        inputs=prepared.recorded_inputs(),
-        status=ExecutionStatus.FAILURE,
-        started_at=started,
-        finished_at=datetime.now(UTC),
-        worker=call.worker,
-        error=f"{type(exc).__name__}: {exc}",
-    )
-    store.commit([], execution=failed)
 
 
 def _memo_key(store: EntityRegistry, prepared: Prepared) -> str | None:
