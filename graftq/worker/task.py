@@ -13,8 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pydantic
+from celery.exceptions import SoftTimeLimitExceeded
 
-from graftq.errors import InvalidInput
+from graftq.errors import InvalidInput, TimeLimitExceeded
 from graftq.registry.store import EntityRegistry
 from graftq.settings import Settings
 from graftq.tasks.callables import CallableInfo
@@ -61,6 +62,10 @@ def run_job(
         ran = run_call(store, info, input_data, call)
     except pydantic.ValidationError as exc:
         raise InvalidInput(str(exc), _errors(exc), exc.title) from None
+    except SoftTimeLimitExceeded:
+        raise TimeLimitExceeded(
+            f"job {request.id} ({info.name}) hit Celery's soft time limit; its child was killed"
+        ) from None
     execution = ran.execution
     return {
         "execution_id": execution.id,
@@ -88,7 +93,12 @@ def bind_published(
         return job(self.request, input_of(args, kwargs), meta)
 
     return celery.task(
-        name=PUBLISHED_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, typing=False
+        name=PUBLISHED_TASK,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        typing=False,
+        shared=False,  # the task belongs to this App's Celery only
     )(published)
 
 
@@ -112,4 +122,5 @@ def bind(
         reject_on_worker_lost=True,
         time_limit=limit,
         typing=False,
+        shared=False,  # two Apps in one process must not share task names
     )(task)

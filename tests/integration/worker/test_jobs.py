@@ -1,0 +1,243 @@
+"""Jobs through one shared `graftq worker -c 2`: results, conflicts, errors (SPEC 5-7)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pydantic
+import pytest
+
+import graftq
+from graftq import App
+from tests.apps.school import Boom, Counter, Student
+from tests.integration.worker.conftest import Node
+from tests.integration.worker.helpers import alive, chain_from_head, read_pid, wait_until
+
+
+@pytest.fixture
+def app(client_app: Callable[..., App], shared_worker: Node) -> App:
+    return client_app(shared_worker.queue)
+
+
+def put_counter(app: App) -> Counter:
+    counter = app.entities.put(Counter(value=0))
+    assert isinstance(counter, Counter)
+    return counter
+
+
+def test_birthday_by_lineage_reference_returns_the_new_version(
+    app: App, shared_worker: Node
+) -> None:
+    student = app.entities.put(Student(name="Ada", age=20))
+    job = app.submit("birthday", {"student": f"@{student.lineage_id}"})
+
+    new = job.get(timeout=30)
+
+    assert isinstance(new, Student) and new.age == 21 and new.name == "Ada"
+    assert new.lineage_id == student.lineage_id and new.parent_id == student.ecs_id
+    assert new.derived_from == job.id
+    assert job.status == "SUCCESS"
+    assert app.entities.head_id(student.lineage_id) == str(new.ecs_id)
+    run = app.entities.provenance(new.ecs_id)
+    assert run is not None and run.id == job.id and run.callable == "birthday"
+    assert run.worker == shared_worker.node
+    assert run.inputs == {"student": str(student.ecs_id)}
+    assert run.outputs == [str(new.ecs_id)] and not run.branched
+
+
+def test_concurrent_lineage_increments_form_one_chain(app: App) -> None:
+    counter = put_counter(app)
+    jobs = [app.submit("increment", {"counter": f"@{counter.lineage_id}"}) for _ in range(20)]
+
+    values = sorted(job.get(timeout=60).value for job in jobs)
+
+    assert values == list(range(1, 21))
+    store = app.entities
+    head = store.head(counter.lineage_id)
+    assert isinstance(head, Counter) and head.value == 20
+    versions = store.history(counter.lineage_id)
+    assert len(versions) == 21
+    chain = chain_from_head(versions, head)
+    assert len(chain) == 21  # every stored version lies on the one chain
+    assert [getattr(version, "value", None) for version in chain] == list(range(21))
+    runs = {job.id: store.execution(job.id) for job in jobs}
+    assert all(run is not None and run.status == "SUCCESS" for run in runs.values())
+    assert not any(run.branched for run in runs.values() if run is not None)
+    # Each job committed exactly one version, and each new version is one job's output.
+    made_by = sorted(str(version.derived_from) for version in chain[1:])
+    assert made_by == sorted(runs)
+    outputs = sorted(out for run in runs.values() if run is not None for out in run.outputs)
+    assert outputs == sorted(str(version.ecs_id) for version in chain[1:])
+
+
+def test_pinned_jobs_branch_and_move_the_head_once(app: App) -> None:
+    counter = put_counter(app)
+    jobs = [app.submit("increment", {"counter": f"@{counter.ecs_id}"}) for _ in range(5)]
+
+    results = [job.get(timeout=60) for job in jobs]
+
+    assert [result.value for result in results] == [1] * 5
+    store = app.entities
+    versions = store.history(counter.lineage_id)
+    children = [version for version in versions if version.ecs_id != counter.ecs_id]
+    assert len(children) == 5
+    assert all(child.parent_id == counter.ecs_id for child in children)
+    runs = [store.execution(job.id) for job in jobs]
+    assert all(run is not None and run.inputs == {"counter": str(counter.ecs_id)} for run in runs)
+    branched = [run for run in runs if run is not None and run.branched]
+    moved = [run for run in runs if run is not None and not run.branched]
+    assert len(branched) == 4 and len(moved) == 1
+    assert moved[0].outputs == [store.head_id(counter.lineage_id)]
+
+
+def test_hanging_job_hits_its_time_limit_and_the_worker_keeps_serving(
+    app: App, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "hang.pid"
+    job = app.submit("hang", {"pid_file": str(pid_file)})
+
+    with pytest.raises(graftq.TimeLimitExceeded):
+        job.get(timeout=30)
+
+    assert job.status == "FAILURE"
+    child = read_pid(pid_file)
+    wait_until(lambda: not alive(child), 5, f"isolated child {child} is gone")
+    student = app.entities.put(Student(name="Bo", age=30))
+    assert app.submit("birthday", {"student": f"@{student.lineage_id}"}).get(timeout=30).age == 31
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "raised", "message"),
+    [
+        ("fail", {"message": "no such course"}, ValueError, "no such course"),
+        ("fail_custom", {"message": "kaboom"}, Boom, "kaboom"),
+        ("crash", {"how": "exit"}, graftq.IsolationError, "exited with status 3"),
+    ],
+)
+def test_exception_types_round_trip(
+    app: App, name: str, data: dict[str, str], raised: type[Exception], message: str
+) -> None:
+    job = app.submit(name, data)
+
+    with pytest.raises(raised, match=message) as caught:
+        job.get(timeout=30)
+
+    assert type(caught.value) is raised
+    assert job.status == "FAILURE"
+    run = app.entities.execution(job.id)
+    assert run is not None and run.status == "FAILURE" and run.outputs == []
+
+
+def test_wrong_return_type_arrives_as_return_type_error_and_commits_nothing(app: App) -> None:
+    student = app.entities.put(Student(name="Cy", age=40))
+    job = app.submit("wrong_type", {"student": f"@{student.lineage_id}"})
+
+    with pytest.raises(graftq.ReturnTypeError):
+        job.get(timeout=30)
+
+    assert app.entities.version_ids(student.lineage_id) == [str(student.ecs_id)]
+
+
+def test_asubmit_and_aget_inside_an_event_loop(app: App, tmp_path: Path) -> None:
+    student = app.entities.put(Student(name="Di", age=50))
+
+    async def main() -> tuple[Student, int]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        try:
+            slow = await app.asubmit("sleepy", {"seconds": 1.0, "pid_file": str(tmp_path / "p")})
+            job = await app.asubmit("birthday", {"student": f"@{student.lineage_id}"})
+            new = await job.aget(timeout=30)
+            assert await slow.aget(timeout=30) == 1
+        finally:
+            ticker.cancel()
+        return new, ticks
+
+    started = time.monotonic()
+    new, ticks = asyncio.run(main())
+
+    assert isinstance(new, Student) and new.age == 51
+    # The loop kept running while aget waited ~1 s for the sleepy job: not blocked.
+    assert time.monotonic() - started >= 0.9
+    assert ticks >= 20
+
+
+def test_get_with_a_short_timeout_raises_job_timeout(app: App, tmp_path: Path) -> None:
+    job = app.submit("sleepy", {"seconds": 3.0, "pid_file": str(tmp_path / "p")})
+    try:
+        with pytest.raises(graftq.JobTimeout) as caught:
+            job.get(timeout=0.5)
+        assert isinstance(caught.value, TimeoutError)
+        assert job.status in {"PENDING", "STARTED"}
+    finally:
+        assert job.get(timeout=30) == 1  # leave nothing running for the next test
+
+
+def test_any_celery_client_can_send_a_job(app: App) -> None:
+    student = app.entities.put(Student(name="Ed", age=60))
+
+    sent = app.celery.send_task("graftq.birthday", kwargs={"student": f"@{student.lineage_id}"})
+    new = app.job(sent.id, "birthday").get(timeout=30)
+
+    assert isinstance(new, Student) and new.age == 61 and new.derived_from == sent.id
+    assert app.entities.head_id(student.lineage_id) == str(new.ecs_id)
+    run = app.entities.execution(sent.id)
+    assert run is not None and run.inputs == {"student": str(student.ecs_id)}
+
+
+def test_bad_input_from_any_celery_client_fails_the_job(app: App) -> None:
+    sent = app.celery.send_task(
+        "graftq.bonus", kwargs={"student_age": "not a number", "bonus_amount": 1.5}
+    )
+    job = app.job(sent.id, "bonus")
+
+    with pytest.raises(pydantic.ValidationError) as caught:
+        job.get(timeout=30)
+
+    assert any(error["loc"] == ("student_age",) for error in caught.value.errors())
+    assert job.status == "FAILURE"
+
+
+def test_entity_objects_given_by_value_are_stored_first(app: App) -> None:
+    student = Student(name="Fay", age=70)
+
+    job = app.submit("birthday", {"student": student})
+    new = job.get(timeout=30)
+
+    assert student.age == 70  # the caller's object is left alone
+    assert new.age == 71 and new.lineage_id == student.lineage_id
+    assert new.parent_id is not None
+    stored = app.entities.get(new.parent_id)
+    assert isinstance(stored, Student) and stored.age == 70
+    assert app.entities.version_ids(student.lineage_id) == [str(new.parent_id), str(new.ecs_id)]
+
+
+@pytest.mark.parametrize(
+    "limit",
+    ["time_limit", "soft_time_limit"],
+)
+def test_celery_time_limits_fail_the_job_and_leave_no_child(
+    app: App, tmp_path: Path, limit: str
+) -> None:
+    pid_file = tmp_path / "sleepy.pid"
+    job = app.submit("sleepy", {"seconds": 60.0, "pid_file": str(pid_file)}, **{limit: 1})
+
+    with pytest.raises(Exception) as caught:
+        job.get(timeout=30)
+
+    child = read_pid(pid_file)
+    wait_until(lambda: not alive(child), 5, f"isolated child {child} is gone")
+    assert job.status == "FAILURE"
+    run = app.entities.execution(job.id)
+    assert run is None or (run.status == "FAILURE" and run.outputs == [])
+    assert isinstance(caught.value, graftq.TimeLimitExceeded), repr(caught.value)

@@ -1,0 +1,135 @@
+"""Functions published at run time: run by workers that never imported them, refused
+unless the worker verifies the signature with the same key (SPEC 5)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import graftq
+from graftq import App
+from graftq.devserver import RedisServer
+from tests.apps.school import Student
+from tests.integration.worker.conftest import SCHOOL, Node, new_queue, running
+
+
+class Tripwire:
+    """Unpickling one creates the directory `path`: proof that a payload was unpickled."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.mkdir, (self.path,))
+
+
+def make_shout(unpickled: Path) -> Callable[[Student, str], Student]:
+    """A function for publishing; each `unpickled` path gives a new content version."""
+    wire = Tripwire(unpickled)
+
+    def shout(student: Student, marker: str) -> Student:
+        assert wire is None  # os.mkdir's return value, once unpickled
+        Path(marker).write_text("ran")
+        student.name = student.name.upper()
+        # Modules of this test package in the process that runs the body: none if the
+        # function really travelled by value.
+        student.tags = sorted(name for name in sys.modules if name.startswith("tests.integration"))
+        return student
+
+    return shout
+
+
+def put_student(app: App) -> Student:
+    student = app.entities.put(Student(name="Ada", age=20))
+    assert isinstance(student, Student)
+    return student
+
+
+def test_published_function_runs_on_a_worker_that_never_imported_it(
+    redis_server: RedisServer,
+    broker_url: str,
+    client_app: Callable[..., App],
+    tmp_path: Path,
+) -> None:
+    node = Node("pub-k1", env={"GRAFTQ_SIGNING_KEY": "k1"})
+    with running(redis_server.url, broker_url, node):
+        app = client_app(node.queue, signing_key="k1")
+        unpickled, ran = tmp_path / "unpickled", tmp_path / "ran"
+        version = app.publish(make_shout(unpickled))
+        assert app.callables["shout"].published and app.callables["shout"].version == version
+        student = put_student(app)
+
+        job = app.submit("shout", {"student": f"@{student.lineage_id}", "marker": str(ran)})
+        new = job.get(timeout=30)
+
+        assert isinstance(new, Student) and new.name == "ADA" and new.tags == []
+        assert new.parent_id == student.ecs_id and new.derived_from == job.id
+        assert ran.exists() and unpickled.is_dir()  # the tripwire does fire when unpickled
+        run = app.entities.provenance(new.ecs_id)
+        assert run is not None and run.callable == "shout" and run.callable_version == version
+        assert run.worker == node.node
+
+        # A changed function under the same name is a new version, recorded per execution.
+        newer = app.publish(make_shout(tmp_path / "unpickled-2"))
+        assert newer != version
+        again = app.submit("shout", {"student": f"@{student.lineage_id}", "marker": str(ran)})
+        assert again.get(timeout=30).name == "ADA"
+        rerun = app.entities.execution(again.id)
+        assert rerun is not None and rerun.callable_version == newer
+
+        listed = subprocess.run(
+            [sys.executable, "-m", "graftq.cli", "functions", "--app", SCHOOL],
+            env={**os.environ, "COLUMNS": "250"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        [row] = [line for line in listed.splitlines() if " shout " in line]
+        assert "published" in row and newer in row
+
+
+@pytest.mark.parametrize(
+    ("worker_key", "refusal"),
+    [(None, "no GRAFTQ_SIGNING_KEY"), ("k2", "bad signature")],
+    ids=["worker-without-key", "worker-with-wrong-key"],
+)
+def test_published_function_is_refused_without_the_right_key(
+    redis_server: RedisServer,
+    broker_url: str,
+    client_app: Callable[..., App],
+    tmp_path: Path,
+    worker_key: str | None,
+    refusal: str,
+) -> None:
+    node = Node("pub-refuse", env={"GRAFTQ_SIGNING_KEY": worker_key} if worker_key else {})
+    with running(redis_server.url, broker_url, node):
+        app = client_app(node.queue, signing_key="k1")
+        unpickled, ran = tmp_path / "unpickled", tmp_path / "ran"
+        app.publish(make_shout(unpickled))
+        student = put_student(app)
+
+        job = app.submit("shout", {"student": f"@{student.lineage_id}", "marker": str(ran)})
+        with pytest.raises(graftq.SignatureError, match=refusal):
+            job.get(timeout=30)
+
+        assert job.status == "FAILURE"
+        assert not unpickled.exists()  # nothing was unpickled ...
+        assert not ran.exists()  # ... so the body never ran
+        assert app.entities.version_ids(student.lineage_id) == [str(student.ecs_id)]
+
+
+def test_publishing_without_a_signing_key_is_refused(client_app: Callable[..., App]) -> None:
+    app = client_app(new_queue())
+
+    with pytest.raises(graftq.RegistrationError, match="GRAFTQ_SIGNING_KEY"):
+        app.publish(make_shout(Path("/nonexistent/unpickled")))
+
+    assert "shout" not in app.callables
+    assert app.functions.names() == []
