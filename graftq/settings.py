@@ -14,7 +14,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything an App is configured with.
+    """Everything an App is configured with (`graftq flower` reads GRAFTQ_FLOWER_BASIC_AUTH).
 
     =========================== ============================= ==========================
     field                       environment variable          default
@@ -28,7 +28,6 @@ class Settings:
     max_reruns                  GRAFTQ_MAX_RERUNS             10 (re-runs on head moves)
     commit_retries              GRAFTQ_COMMIT_RETRIES         16 (WatchError retries)
     result_expires              GRAFTQ_RESULT_EXPIRES         86400 (seconds)
-    flower_basic_auth           GRAFTQ_FLOWER_BASIC_AUTH      none
     =========================== ============================= ==========================
     """
 
@@ -41,7 +40,6 @@ class Settings:
     max_reruns: int = 10
     commit_retries: int = 16
     result_expires: int = 86400
-    flower_basic_auth: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

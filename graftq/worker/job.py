@@ -58,6 +58,11 @@ class Job:
         """PENDING, STARTED, RETRY, SUCCESS, FAILURE (or REVOKED)."""
         return str(self._result.state)
 
+    @property
+    def done(self) -> bool:
+        """True once the job reached a terminal state."""
+        return self.status in TERMINAL
+
     def get(self, timeout: float | None = None) -> Any:
         """The typed result, entities loaded at their committed versions.
 
@@ -84,7 +89,7 @@ class Job:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         delay = 0.005
-        while not await asyncio.to_thread(self._result.ready):
+        while not await asyncio.to_thread(lambda: self.done):
             if deadline is not None and loop.time() >= deadline:
                 raise JobTimeout(
                     f"job {self.id} ({self._info.name}) did not finish within {timeout}s; "
