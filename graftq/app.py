@@ -50,7 +50,7 @@ class App:
         self._lock = threading.Lock()
         bind_published(self.celery, self._run_published)
         # Each worker pool child makes its own Redis connections (never inherited).
-        worker_process_init.connect(self._on_worker_process_init, weak=False)
+        worker_process_init.connect(self._on_worker_process_init)  # weak: Apps can be freed
 
     def __repr__(self) -> str:
         return f"<graftq.App {self.name!r} redis={self.settings.redis_url}>"

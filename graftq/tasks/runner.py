@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 import random
 import socket
@@ -21,6 +22,7 @@ from typing import Any
 import cloudpickle
 import pydantic
 import pydantic_core
+import redis
 
 from graftq.errors import ReturnTypeError, VersionConflict
 from graftq.registry.execution import Execution, ExecutionStatus
@@ -29,6 +31,8 @@ from graftq.tasks import results
 from graftq.tasks.callables import CallableInfo
 from graftq.tasks.inputs import Prepared, prepare
 from graftq.tasks.isolation import run_isolated
+
+log = logging.getLogger(__name__)
 
 _JSON, _PICKLE = b"J", b"P"
 RERUN_BACKOFF_BASE = 0.005  # seconds; doubles per re-run
@@ -84,7 +88,10 @@ def run_call(
         except BaseException as exc:
             error = f"{type(exc).__name__}: {exc}"
             failed = _record(prepared, call, started, status=ExecutionStatus.FAILURE, error=error)
-            store.commit([], execution=failed)
+            try:
+                store.commit([], execution=failed)
+            except redis.RedisError:  # the run's own error matters more than its record
+                log.warning("could not record failed execution %s", call.execution_id)
             raise
         execution = _record(
             prepared,
