@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import typing
 from collections.abc import Iterable, Sequence
@@ -132,7 +133,7 @@ class EntityRegistry:
         for _ in range(self.max_retries):
             outcome = commit.attempt(self._client, self.keys, request)
             if isinstance(outcome, commit.Retry):
-                request = commit.Request(**{**request.__dict__, "lineages": outcome.lineages})
+                request = dataclasses.replace(request, lineages=outcome.lineages)
                 continue
             if outcome.replayed is not None:
                 return Committed([], outcome.replayed, outcome.replayed.branched, replayed=True)

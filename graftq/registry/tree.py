@@ -12,11 +12,11 @@ so an unchanged sub-entity is referenced, never copied. Documents are JSON::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import pydantic_core
 from pydantic import ValidationError
 
 from graftq.errors import CorruptVersion, InvalidEntity
@@ -115,7 +115,7 @@ def _blank(value: Any) -> Any:
 
 
 def encode(doc: Mapping[str, Any]) -> str:
-    return json.dumps(doc, separators=(",", ":"))
+    return pydantic_core.to_json(doc).decode()
 
 
 _HEADER = ("type", "ecs_id", "lineage_id", "parent_id", "created_at", "derived_from")
@@ -124,7 +124,7 @@ _HEADER = ("type", "ecs_id", "lineage_id", "parent_id", "created_at", "derived_f
 def decode_doc(ecs_id: str, raw: str | bytes) -> dict[str, Any]:
     """Parse one stored document; anything unreadable → `CorruptVersion` naming the id."""
     try:
-        doc = json.loads(raw)
+        doc = pydantic_core.from_json(raw)
         if not isinstance(doc, dict) or not isinstance(doc["data"], dict):
             raise TypeError("not a version document")
         missing = [name for name in _HEADER if name not in doc]
@@ -143,7 +143,8 @@ def build(ecs_id: str, docs: Mapping[str, dict[str, Any]]) -> Entity:
     doc = docs.get(ecs_id)
     if doc is None:
         raise CorruptVersion(f"stored version {ecs_id} is missing from the store")
-    data = json.loads(json.dumps(doc["data"]))  # private copy: the doc may be reused
+    # A private deep copy: the doc may be built again (one copy per use).
+    data = pydantic_core.from_json(pydantic_core.to_json(doc["data"]))
     cls = entity_class(doc["type"])
     try:
         for path, kid in doc["kids"]:
