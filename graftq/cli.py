@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 import click
+import pydantic
 from rich.console import Console
 from rich.table import Table
 
@@ -17,7 +18,8 @@ from graftq.app import App
 from graftq.errors import EntityNotFound, GraftError
 from graftq.registry.store import as_uuid
 
-console = Console()
+# Piped output is read by programs: never wrap or cut ids there.
+console = Console() if sys.stdout.isatty() else Console(width=10_000, soft_wrap=True)
 
 APP_OPTION = click.option(
     "--app",
@@ -40,7 +42,9 @@ def load_app(path: str) -> App:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise click.BadParameter(f"cannot import {module_name!r}: {exc}") from None
-    app = getattr(module, attr, None)
+    if not hasattr(module, attr):
+        raise click.BadParameter(f"{path!r}: module {module_name!r} has no attribute {attr!r}")
+    app = getattr(module, attr)
     if not isinstance(app, App):
         raise click.BadParameter(f"{path!r} is {type(app).__name__}, not a graftq App")
     return app
@@ -94,6 +98,10 @@ def submit(app_path: str, name: str, input_json: str, wait: bool, timeout: float
         data = json.loads(input_json)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"--input is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(
+            f"--input must be a JSON object of parameter → value, got {type(data).__name__}"
+        )
     job = app.submit(name, data)
     console.print(f"job [bold]{job.id}[/] submitted ({name})")
     if wait:
@@ -222,12 +230,13 @@ def _print_value(value: Any) -> None:
 
 
 def run() -> None:
-    """Console entry point: GraftErrors become one clear line and exit status 1."""
+    """Console entry point: graftq and validation errors become `error: ...` on stderr, exit 1."""
     try:
         main(standalone_mode=True)
-    except GraftError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        sys.exit(1)
+    except (GraftError, pydantic.ValidationError) as exc:
+        click.echo(f"error: {exc}", err=True)
+    # Exit outside the handler, so the error (and the job it may hold) is freed first.
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,9 @@ class Job:
         try:
             payload = self._result.get(timeout=timeout, propagate=True)
         except celery.exceptions.TimeoutError:
+            # Celery keeps a waited-on result alive until it resolves; let go of it
+            # (a later get() registers it again) so nothing lingers past shutdown.
+            self._result.backend.remove_pending_result(self._result)
             raise JobTimeout(
                 f"job {self.id} ({self._info.name}) did not finish within {timeout}s; "
                 f"status {self.status}"
