@@ -5,13 +5,15 @@ Each test runs its own worker, since it kills or crashes the worker's pool proce
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from graftq import App
 from graftq.devserver import RedisServer
+from graftq.worker.job import Job
 from tests.apps.school import Counter
 from tests.integration.worker.conftest import FAULTY, Node, running
 from tests.integration.worker.helpers import (
@@ -91,28 +93,38 @@ def test_killed_pool_process_increment_commits_exactly_once(
         assert_incremented_once(app, counter, job.id)
 
 
+@contextlib.contextmanager
+def crashing_increment(
+    redis_server: RedisServer,
+    broker_url: str,
+    client_app: Callable[..., App],
+    marker: Path,
+    hook: str,
+) -> Iterator[tuple[Node, App, Counter, Job]]:
+    """A faulty worker whose pool process dies once at `hook`; one increment job through it."""
+    node = Node(f"crash-{hook.lower()}", app_path=FAULTY, env={hook: str(marker)})
+    with running(redis_server.url, broker_url, node):
+        app = client_app(node.queue)
+        counter = app.entities.put(Counter(value=0))
+        job = app.submit("increment", {"counter": f"@{counter.lineage_id}"})
+        assert job.get(timeout=60).value == 1
+        yield node, app, counter, job
+
+
 def test_crash_after_commit_before_ack_does_not_commit_again(
     redis_server: RedisServer,
     broker_url: str,
     client_app: Callable[..., App],
     tmp_path: Path,
 ) -> None:
-    marker = tmp_path / "crashed"
-    node = Node(
-        "crash-after-commit",
-        app_path=FAULTY,
-        env={"GRAFTQ_TEST_CRASH_AFTER_COMMIT": str(marker)},
-    )
-    with running(redis_server.url, broker_url, node):
-        app = client_app(node.queue)
-        counter = app.entities.put(Counter(value=0))
-        assert isinstance(counter, Counter)
-        job = app.submit("increment", {"counter": f"@{counter.lineage_id}"})
-
-        assert job.get(timeout=60).value == 1
-
-        assert marker.exists()  # the pool process really died after the commit
-        assert received(node, job.id) == 2  # ... and the job really came back
+    hook = "GRAFTQ_TEST_CRASH_AFTER_COMMIT"
+    with crashing_increment(redis_server, broker_url, client_app, tmp_path / "crashed", hook) as (
+        node,
+        app,
+        counter,
+        job,
+    ):
+        assert received(node, job.id) == 2  # the job really came back after the commit
         assert_incremented_once(app, counter, job.id)
         # The worker still serves: the next job commits on top.
         assert app.submit("increment", {"counter": f"@{counter.lineage_id}"}).get(60).value == 2
@@ -124,22 +136,15 @@ def test_crash_after_result_stored_before_ack_does_not_commit_again(
     client_app: Callable[..., App],
     tmp_path: Path,
 ) -> None:
-    marker = tmp_path / "crashed"
-    node = Node(
-        "crash-after-result",
-        app_path=FAULTY,
-        env={"GRAFTQ_TEST_CRASH_AFTER_RESULT": str(marker)},
-    )
-    with running(redis_server.url, broker_url, node):
-        app = client_app(node.queue)
-        counter = app.entities.put(Counter(value=0))
-        assert isinstance(counter, Counter)
-        job = app.submit("increment", {"counter": f"@{counter.lineage_id}"})
-
-        assert job.get(timeout=60).value == 1
-
+    hook = "GRAFTQ_TEST_CRASH_AFTER_RESULT"
+    with crashing_increment(redis_server, broker_url, client_app, tmp_path / "crashed", hook) as (
+        node,
+        app,
+        counter,
+        job,
+    ):
         wait_until(lambda: "WorkerLostError" in node.proc.log(), 15, "the worker saw the crash")
-        assert marker.exists()
+        assert (tmp_path / "crashed").exists()
         # Celery acks when it finds the stored SUCCESS; should it redeliver instead, wait
         # for that delivery to finish too, so a second commit could not be missed.
         if received(node, job.id) > 1:
