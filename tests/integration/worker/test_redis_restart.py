@@ -1,0 +1,32 @@
+"""A Redis restart under a running worker loses nothing and stops nothing (AOF on)."""
+
+from __future__ import annotations
+
+import pytest
+
+from graftq import App
+from graftq.devserver import RedisServer
+from tests.apps.school import Counter, make_app
+from tests.integration.worker.conftest import Node, running
+
+
+def test_worker_keeps_serving_across_a_redis_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    with RedisServer(appendonly=True) as server:
+        broker = f"redis://127.0.0.1:{server.port}/1"
+        node = Node("restart")
+        with running(server.url, broker, node):
+            for name, value in [("REDIS_URL", server.url), ("BROKER_URL", broker)]:
+                monkeypatch.setenv(f"GRAFTQ_{name}", value)
+            monkeypatch.setenv("GRAFTQ_RESULT_BACKEND", broker)
+            app: App = make_app()
+            app.celery.conf.task_default_queue = node.queue
+            counter = app.entities.put(Counter(value=0))
+            ref = {"counter": f"@{counter.lineage_id}"}
+            assert app.submit("increment", ref).get(timeout=30).value == 1
+
+            server.restart()  # same port, data back from the append-only file
+
+            # The producer's and the worker's connections were cut; both reconnect.
+            assert app.submit("increment", ref).get(timeout=60).value == 2
+            history = app.entities.history(counter.lineage_id)
+            assert [version.value for version in history] == [0, 1, 2]
