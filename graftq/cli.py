@@ -10,13 +10,16 @@ from typing import Any
 
 import click
 import pydantic
+import redis
 from rich.console import Console
 from rich.table import Table
 
 import graftq
 from graftq.app import App
 from graftq.errors import EntityNotFound, GraftError
-from graftq.registry.store import as_uuid
+from graftq.registry.entity import IDENTITY_FIELDS
+from graftq.registry.store import EntityRegistry, as_uuid
+from graftq.settings import Settings
 
 # Piped output is read by programs: never wrap or cut ids there.
 console = Console() if sys.stdout.isatty() else Console(width=10_000, soft_wrap=True)
@@ -108,56 +111,78 @@ def submit(app_path: str, name: str, input_json: str, wait: bool, timeout: float
         _print_value(job.get(timeout=timeout))
 
 
+STORE_APP_OPTION = click.option(
+    "--app",
+    "app_path",
+    envvar="GRAFTQ_APP",
+    metavar="MODULE:ATTR",
+    help="Take the store's settings from this App; default: GRAFTQ_* variables.",
+)
+
+
+def open_store(app_path: str | None) -> EntityRegistry:
+    """The store of `--app`, else the one the GRAFTQ_* variables describe.
+
+    Entities are shown as JSON data, so no Entity class needs to be importable.
+    """
+    if app_path:
+        return load_app(app_path).entities
+    settings = Settings.from_env()
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    return EntityRegistry(client, prefix=settings.key_prefix)
+
+
 @main.command()
-@APP_OPTION
+@STORE_APP_OPTION
 @click.argument("uuid")
-def show(app_path: str, uuid: str) -> None:
+def show(app_path: str | None, uuid: str) -> None:
     """Show one version (an ecs_id) or a lineage's head (a lineage_id)."""
-    store = load_app(app_path).entities
+    store = open_store(app_path)
     found = store.classify([uuid]).get(str(as_uuid(uuid)))
     if found is None:
         raise EntityNotFound(f"no entity version or lineage {uuid} in the store")
-    _print_value(store.get(found[0]))
+    [data] = store.get_data([found[0]])
+    console.print_json(json.dumps(data))
     execution = store.provenance(found[0])
     if execution is not None:
         console.print(f"produced by [bold]{execution.callable}[/] in execution {execution.id}")
 
 
 @main.command()
-@APP_OPTION
+@STORE_APP_OPTION
 @click.argument("lineage_id")
-def history(app_path: str, lineage_id: str) -> None:
-    """Every version of a lineage, oldest first."""
-    store = load_app(app_path).entities
+def history(app_path: str | None, lineage_id: str) -> None:
+    """Every version of a lineage (branches included), oldest first."""
+    store = open_store(app_path)
     table = Table("ecs_id", "parent_id", "created_at", "derived_from", "fields")
-    for version in store.history(lineage_id):
-        identity = {"ecs_id", "lineage_id", "parent_id", "created_at", "derived_from"}
-        fields = version.model_dump(mode="json", exclude=identity)
+    for version in store.get_data(store.version_ids(lineage_id)):
+        shown = IDENTITY_FIELDS | {"type"}
+        fields = {key: value for key, value in version.items() if key not in shown}
         table.add_row(
-            str(version.ecs_id),
-            str(version.parent_id or "-"),
-            version.created_at.isoformat(timespec="seconds"),
-            version.derived_from or "-",
+            version["ecs_id"],
+            version["parent_id"] or "-",
+            version["created_at"],
+            version["derived_from"] or "-",
             json.dumps(fields)[:80],
         )
     console.print(table)
 
 
 @main.command()
-@APP_OPTION
+@STORE_APP_OPTION
 @click.argument("lineage_id")
-@click.option("--mermaid", is_flag=True, help="Print a Mermaid graph instead of a tree.")
-def lineage(app_path: str, lineage_id: str, mermaid: bool) -> None:
+@click.option("--mermaid", is_flag=True, help="Print a Mermaid graph instead of a list.")
+def lineage(app_path: str | None, lineage_id: str, mermaid: bool) -> None:
     """The version graph of a lineage, branches included."""
-    store = load_app(app_path).entities
+    store = open_store(app_path)
     if mermaid:
         click.echo(store.lineage_mermaid(lineage_id))
         return
     head = store.head_id(lineage_id)
-    for version in store.history(lineage_id):
-        mark = "  ← head" if str(version.ecs_id) == head else ""
-        via = version.derived_from or "put"
-        console.print(f"{version.ecs_id}  parent={version.parent_id}  via={via}{mark}")
+    for version in store.get_data(store.version_ids(lineage_id)):
+        mark = "  ← head" if version["ecs_id"] == head else ""
+        via = version["derived_from"] or "put"
+        click.echo(f"{version['ecs_id']}  parent={version['parent_id']}  via={via}{mark}")
 
 
 @main.command()
@@ -230,11 +255,14 @@ def _print_value(value: Any) -> None:
 
 
 def run() -> None:
-    """Console entry point: graftq and validation errors become `error: ...` on stderr, exit 1."""
+    """Console entry point: graftq, validation and connection errors become one
+    `error: ...` line on stderr and exit status 1."""
     try:
         main(standalone_mode=True)
     except (GraftError, pydantic.ValidationError) as exc:
         click.echo(f"error: {exc}", err=True)
+    except redis.ConnectionError as exc:
+        click.echo(f"error: cannot reach Redis: {exc}", err=True)
     # Exit outside the handler, so the error (and the job it may hold) is freed first.
     sys.exit(1)
 

@@ -18,7 +18,7 @@ from graftq.registry.entity import Entity
 from graftq.registry.execution import Execution, ExecutionStatus
 from graftq.registry.keys import Keys
 from graftq.registry.overlay import OverlayClient
-from graftq.registry.tree import build, decode_doc, walk
+from graftq.registry.tree import as_data, build, decode_doc, walk
 
 # Breadth-first from the given versions through their documents' kids; returns
 # id, raw pairs ("" when missing): a tree of any size in one round trip.
@@ -157,11 +157,14 @@ class EntityRegistry:
     def get_many(self, ecs_ids: Iterable[UUID | str]) -> list[Entity]:
         """Several versions in one round trip, in the order asked."""
         wanted = [str(as_uuid(i)) for i in ecs_ids]
-        docs = self._load(wanted)
-        for ecs_id in wanted:
-            if ecs_id not in docs:
-                raise EntityNotFound(self._not_found(ecs_id, "version"))
+        docs = self._load_all(wanted)
         return [build(ecs_id, docs) for ecs_id in wanted]
+
+    def get_data(self, ecs_ids: Iterable[UUID | str]) -> list[dict[str, Any]]:
+        """Versions as plain JSON data (each entity with its "type"): no Entity class needed."""
+        wanted = [str(as_uuid(i)) for i in ecs_ids]
+        docs = self._load_all(wanted)
+        return [as_data(ecs_id, docs) for ecs_id in wanted]
 
     def head_id(self, lineage_id: UUID | str) -> str:
         """The ecs_id of the lineage's current version."""
@@ -255,6 +258,14 @@ class EntityRegistry:
             return []
         raws = self._client.mget([self.keys.execution(i) for i in execution_ids])
         return [json.loads(raw)["callable"] if raw else "?" for raw in raws]
+
+    def _load_all(self, ecs_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """`_load`, and `EntityNotFound` for the first of `ecs_ids` that is not stored."""
+        docs = self._load(ecs_ids)
+        for ecs_id in ecs_ids:
+            if ecs_id not in docs:
+                raise EntityNotFound(self._not_found(ecs_id, "version"))
+        return docs
 
     def _load(self, ecs_ids: list[str]) -> dict[str, dict[str, Any]]:
         """Parsed documents of these versions and all below them."""

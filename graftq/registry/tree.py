@@ -12,9 +12,9 @@ so an unchanged sub-entity is referenced, never copied. Documents are JSON::
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pydantic_core
 from pydantic import ValidationError
@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from graftq.errors import CorruptVersion, InvalidEntity
 from graftq.registry.entity import IDENTITY_FIELDS, Entity, entity_class
 
+T = TypeVar("T")
 PathPart = str | int
 Path = tuple[PathPart, ...]
 
@@ -140,29 +141,45 @@ def decode_doc(ecs_id: str, raw: str | bytes) -> dict[str, Any]:
 
 def build(ecs_id: str, docs: Mapping[str, dict[str, Any]]) -> Entity:
     """A fresh Entity tree for version `ecs_id` from parsed documents."""
+    return _assemble(ecs_id, docs, _validated)
+
+
+def as_data(ecs_id: str, docs: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """Version `ecs_id` as plain JSON data, each entity with its "type": no class needed."""
+    return _assemble(ecs_id, docs, lambda doc, data: {"type": doc["type"], **data})
+
+
+def _assemble(
+    ecs_id: str, docs: Mapping[str, dict[str, Any]], make: Callable[[dict[str, Any], Any], T]
+) -> T:
     doc = docs.get(ecs_id)
     if doc is None:
         raise CorruptVersion(f"stored version {ecs_id} is missing from the store")
     # A private deep copy: the doc may be built again (one copy per use).
     data = pydantic_core.from_json(pydantic_core.to_json(doc["data"]))
-    cls = entity_class(doc["type"])
     try:
         for path, kid in doc["kids"]:
-            _place(data, path, build(kid, docs))
-        for name in IDENTITY_FIELDS:
-            data[name] = doc[name]
-        return cls.model_validate(data, by_alias=False, by_name=True)
+            _place(data, path, _assemble(kid, docs, make))
     except (LookupError, TypeError) as exc:
         raise CorruptVersion(
             f"stored version {ecs_id}: a sub-entity path is wrong: {exc}"
         ) from None
+    for name in IDENTITY_FIELDS:
+        data[name] = doc[name]
+    return make(doc, data)
+
+
+def _validated(doc: dict[str, Any], data: dict[str, Any]) -> Entity:
+    cls = entity_class(doc["type"])
+    try:
+        return cls.model_validate(data, by_alias=False, by_name=True)
     except ValidationError as exc:
         raise CorruptVersion(
-            f"stored version {ecs_id} does not validate as {cls.__name__}: {exc}"
+            f"stored version {doc['ecs_id']} does not validate as {cls.__name__}: {exc}"
         ) from None
 
 
-def _place(data: dict[str, Any], path: list[PathPart], value: Entity) -> None:
+def _place(data: dict[str, Any], path: list[PathPart], value: Any) -> None:
     spot: Any = data
     for part in path[:-1]:
         spot = spot[part]

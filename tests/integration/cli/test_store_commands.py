@@ -160,3 +160,28 @@ def test_functions_piped_output_keeps_full_names(cli: CLI, school: App) -> None:
     assert proc.returncode == 0
     for name in school.callables:
         assert name in proc.stdout, name
+
+
+def test_store_commands_need_no_app_only_the_redis_url(cli: CLI, ada: Ada) -> None:
+    """SPEC 7 spells `graftq show UUID`, `history UUID`, `lineage UUID`: no --app."""
+    shown = cli("show", ada.lineage_id)
+    assert shown.returncode == 0, output(shown)
+    data = json.loads(shown.stdout)
+    assert (data["ecs_id"], data["major"]) == (ada.head, "physics")
+    assert data["type"] == "tests.apps.school.Student"
+    assert data["address"]["type"] == "tests.apps.school.Address"
+
+    history = cli("history", ada.lineage_id, wide=True)
+    assert history.returncode == 0, output(history)
+    assert all(version in history.stdout for version in ada.versions)
+
+    lineage = cli("lineage", ada.lineage_id, "--mermaid")
+    assert lineage.returncode == 0, output(lineage)
+    assert lineage.stdout.startswith("graph TD")
+
+
+def test_store_commands_report_an_unreachable_redis_cleanly(cli: CLI, ada: Ada) -> None:
+    proc = cli("show", ada.head, GRAFTQ_REDIS_URL="redis://127.0.0.1:1/0")
+    assert proc.returncode == 1
+    assert_no_traceback(proc)
+    assert "127.0.0.1:1" in output(proc)
