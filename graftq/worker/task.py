@@ -23,7 +23,8 @@ from graftq.tasks.runner import Call, run_call
 
 TASK_PREFIX = "graftq."
 PUBLISHED_TASK = "graftq.published"
-META = "_graftq"  # parameter names cannot start with "_", so this never clashes
+META = "_graftq"
+INPUT_KEYWORD = "input_data"  # parameter names cannot start with "_", so this never clashes
 BACKSTOP = 30.0  # seconds Celery's hard limit adds to a callable's own time limit
 
 
@@ -31,9 +32,19 @@ def task_name(callable_name: str) -> str:
     return TASK_PREFIX + callable_name
 
 
-def input_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The job's input: the first positional argument, else the keyword arguments."""
+def input_of(
+    args: tuple[Any, ...], kwargs: dict[str, Any], parameters: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The job's input: the first positional argument, else the keyword arguments.
+
+    ``kwargs={"input_data": {...}}`` (the name `submit` gives it) is unwrapped
+    too, unless the callable has a parameter of that name.
+    """
     kwargs = {key: value for key, value in kwargs.items() if key != META}
+    wrapped = kwargs.get(INPUT_KEYWORD)
+    if set(kwargs) == {INPUT_KEYWORD} and isinstance(wrapped, dict) and not args:
+        if INPUT_KEYWORD not in parameters:
+            return wrapped
     if args:
         if len(args) != 1 or not isinstance(args[0], dict) or kwargs:
             raise InvalidInput(
@@ -110,7 +121,7 @@ def bind(
     """Make `info` a Celery task named ``graftq.<name>`` that calls `job`."""
 
     def task(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return job(info, self.request, input_of(args, kwargs))
+        return job(info, self.request, input_of(args, kwargs, info.parameters()))
 
     task.__name__ = task.__qualname__ = info.name
     task.__doc__ = (info.func.__doc__ or "").strip() or f"graftq callable {info.name}"

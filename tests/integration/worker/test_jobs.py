@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pydantic
 import pytest
@@ -183,10 +184,17 @@ def test_get_with_a_short_timeout_raises_job_timeout(app: App, tmp_path: Path) -
         assert job.get(timeout=30) == 1  # leave nothing running for the next test
 
 
-def test_any_celery_client_can_send_a_job(app: App) -> None:
+@pytest.mark.parametrize("shape", ["kwargs", "positional", "input_data"])
+def test_any_celery_client_can_send_a_job(app: App, shape: str) -> None:
     student = app.entities.put(Student(name="Ed", age=60))
+    data = {"student": f"@{student.lineage_id}"}
+    message: dict[str, Any] = {
+        "kwargs": {"kwargs": data},
+        "positional": {"args": [data]},
+        "input_data": {"kwargs": {"input_data": data}},
+    }[shape]
 
-    sent = app.celery.send_task("graftq.birthday", kwargs={"student": f"@{student.lineage_id}"})
+    sent = app.celery.send_task("graftq.birthday", **message)
     new = app.job(sent.id, "birthday").get(timeout=30)
 
     assert isinstance(new, Student) and new.age == 61 and new.derived_from == sent.id
