@@ -49,6 +49,22 @@ def free_port() -> int:
         return port
 
 
+def _answering_pid(port: int) -> int | None:
+    """The process id of the redis-server answering on `port`."""
+    with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
+        conn.sendall(b"INFO server\r\n")
+        reply = b""
+        while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    for line in reply.decode(errors="replace").splitlines():
+        if line.startswith("process_id:"):
+            return int(line.split(":", 1)[1])
+    return None
+
+
 class _Process:
     """A subprocess this process started: `with` starts it and always stops it."""
 
@@ -74,6 +90,7 @@ class RedisServer(_Process):
     """One redis-server subprocess; use as a context manager or call stop()."""
 
     def __init__(self, port: int | None = None, *, appendonly: bool = False) -> None:
+        self._pick_port = port is None  # a port we picked may be taken meanwhile: pick again
         self.port = port or free_port()
         self._appendonly = appendonly
         self._dir = tempfile.mkdtemp(prefix="graftq-redis-")
@@ -88,6 +105,16 @@ class RedisServer(_Process):
         return self._proc.pid if self._proc else None
 
     def start(self, timeout: float = 10.0) -> Self:
+        attempts = 3 if self._pick_port else 1
+        for attempt in range(1, attempts + 1):
+            if self._launch(timeout):
+                return self
+            if attempt < attempts:
+                self.port = free_port()
+        raise GraftError(f"redis-server exited at start (port {self.port} taken?)")
+
+    def _launch(self, timeout: float) -> bool:
+        """Start on `self.port`: True once it answers, False if it exited at start."""
         args = [
             find_redis_server(),
             "--port", str(self.port),
@@ -103,12 +130,11 @@ class RedisServer(_Process):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise GraftError(f"redis-server on port {self.port} exited at start")
+                self._proc = None
+                return False
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return self
+                if _answering_pid(self.port) == self._proc.pid:  # ours, not a squatter's
+                    return True
             except OSError:
                 time.sleep(0.02)
         self.stop()

