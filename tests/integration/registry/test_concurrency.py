@@ -10,7 +10,7 @@ import redis
 
 from graftq.errors import VersionConflict
 from graftq.registry.store import EntityRegistry
-from tests.unit.registry.models import Counter
+from tests.integration.registry.models import Counter
 
 pytestmark = pytest.mark.integration
 

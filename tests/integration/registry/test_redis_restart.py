@@ -9,7 +9,7 @@ import redis
 
 from graftq.devserver import RedisServer
 from graftq.registry.store import EntityRegistry
-from tests.unit.registry.models import Address, Student
+from tests.integration.registry.models import Address, Student
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from graftq.registry.store import EntityRegistry
-from tests.unit.registry.helpers import strip, version_keys
-from tests.unit.registry.models import Node
+from tests.integration.registry.helpers import strip, version_keys
+from tests.integration.registry.models import Node
 
 SETTINGS = settings(
     max_examples=40,

@@ -10,8 +10,8 @@ import redis
 
 from graftq.errors import InvalidEntity, VersionConflict
 from graftq.registry.store import EntityRegistry
-from tests.unit.registry.helpers import snapshot, strip
-from tests.unit.registry.models import Address, Student
+from tests.integration.registry.helpers import snapshot, strip
+from tests.integration.registry.models import Address, Student
 
 
 def ids(entities):

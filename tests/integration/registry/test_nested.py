@@ -6,8 +6,8 @@ import pytest
 import redis
 
 from graftq.registry.store import EntityRegistry
-from tests.unit.registry.helpers import snapshot, strip, version_keys
-from tests.unit.registry.models import (
+from tests.integration.registry.helpers import snapshot, strip, version_keys
+from tests.integration.registry.models import (
     Address,
     Aliased,
     Bag,

@@ -7,8 +7,8 @@ import redis
 
 from graftq.errors import EntityNotFound, VersionConflict
 from graftq.registry.store import EntityRegistry
-from tests.unit.registry.helpers import snapshot
-from tests.unit.registry.models import Address, Student
+from tests.integration.registry.helpers import snapshot
+from tests.integration.registry.models import Address, Student
 
 
 def ids(entities):

@@ -19,8 +19,8 @@ from graftq.errors import (
     VersionConflict,
 )
 from graftq.registry.store import EntityRegistry
-from tests.unit.registry.helpers import snapshot
-from tests.unit.registry.models import Address, Course, Link, Student
+from tests.integration.registry.helpers import snapshot
+from tests.integration.registry.models import Address, Course, Link, Student
 
 
 class NotAnEntity(pydantic.BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from graftq.registry.store import EntityRegistry
-from tests.unit.registry.models import Address, Student
+from tests.integration.registry.models import Address, Student
 
 
 def ids(entities):
