@@ -87,7 +87,8 @@ def test_old_versions_read_back_their_old_values(reg: EntityRegistry) -> None:
     assert [v.model_dump() for v in history] == [dumps[i] for i in ids(history)]
 
 
-def test_history_is_oldest_first_including_branches(reg: EntityRegistry) -> None:
+def branched_lineage(reg: EntityRegistry) -> tuple[Student, Student, Student, Student]:
+    """v1 → v2 → v3 (head), plus a branch of v1 stored between v2 and v3."""
     v1 = stored_student(reg)
     stale = reg.get(v1.ecs_id)
     v1.age = 31
@@ -96,6 +97,11 @@ def test_history_is_oldest_first_including_branches(reg: EntityRegistry) -> None
     branch = reg.put(stale, branch=True)
     v2.age = 32
     v3 = reg.put(v2)
+    return v1, v2, branch, v3
+
+
+def test_history_is_oldest_first_including_branches(reg: EntityRegistry) -> None:
+    v1, v2, branch, v3 = branched_lineage(reg)
 
     history = reg.history(v1.lineage_id)
     assert ids(history) == [v1.ecs_id, v2.ecs_id, branch.ecs_id, v3.ecs_id]
@@ -120,14 +126,7 @@ def _node_in(side: str, ecs_id) -> bool:
 
 
 def test_lineage_mermaid_has_every_version_and_every_parent_edge(reg: EntityRegistry) -> None:
-    v1 = stored_student(reg)
-    stale = reg.get(v1.ecs_id)
-    v1.age = 31
-    v2 = reg.put(v1)
-    stale.age = 99
-    branch = reg.put(stale, branch=True)
-    v2.age = 32
-    v3 = reg.put(v2)
+    v1, v2, branch, v3 = branched_lineage(reg)
 
     text = reg.lineage_mermaid(v1.lineage_id)
     lines = text.splitlines()
