@@ -3,8 +3,9 @@
 One attempt is three round trips: WATCH the lineage heads (and the execution
 key); read the heads and the stored documents of the tree in one MGET; plan
 the new versions, check every head against the version it was read as, then
-write versions, history entries, head moves and the execution record in one
-MULTI...EXEC. A WatchError means somebody wrote in between: the caller
+write versions, history entries, the type index, head moves and the execution
+record in one MULTI...EXEC (and, while a prune runs, what this commit read:
+see `retention`). A WatchError means somebody wrote in between: the caller
 re-plans, a bounded number of times.
 """
 
@@ -17,7 +18,7 @@ from typing import Any, Protocol, cast
 import redis
 
 from graftq.errors import InvalidEntity, VersionConflict
-from graftq.registry import diff
+from graftq.registry import diff, index, retention
 from graftq.registry.diff import Plan, Version
 from graftq.registry.execution import Execution, ExecutionStatus
 from graftq.registry.keys import Keys
@@ -96,6 +97,7 @@ def attempt(client: Any, keys: Keys, request: Request) -> Outcome | Retry:
     watched = [keys.head(lineage) for lineage in lineages]
     if request.execution is not None:
         watched.append(keys.execution(request.execution.id))
+    watched.append(keys.prune)  # a prune that starts or ends now re-runs this attempt
     with client.pipeline(transaction=True) as pipe:
         try:
             pipe.watch(*watched)
@@ -125,6 +127,7 @@ def attempt(client: Any, keys: Keys, request: Request) -> Outcome | Retry:
                 raise VersionConflict(conflict_message(moved))
             pipe.multi()
             _write(client, keys, request, plan, branched=bool(moved), pipe=pipe)
+            retention.note_reads(keys, values[len(watched) - 1], ids, pipeline=pipe)
             pipe.execute()
         except redis.WatchError:
             return Retry(guessed)
@@ -136,6 +139,7 @@ def _write(
 ) -> None:
     for version in plan.new:
         write_version(client, keys, version, pipeline=pipe)
+        index.add(keys, version, pipeline=pipe)
         if not branched or version.parent_id is None:  # a new lineage has no rival head
             move_head(client, keys, version.lineage_id, version.ecs_id, pipeline=pipe)
     if request.execution is not None:
@@ -164,8 +168,9 @@ def check_heads(
             if actual == new_ids[lineage]:
                 return None
             raise InvalidEntity(
-                f"entity {new_ids[lineage]} was never stored but its lineage_id {lineage} "
-                f"already exists (head {actual}); do not copy identity fields by hand"
+                f"entity {new_ids[lineage]} is not stored (never, or removed by a prune) but "
+                f"its lineage_id {lineage} exists (head {actual}); do not copy identity fields "
+                "by hand, and read a version again after a prune"
             )
         moved[lineage] = (expected, actual)
     return moved

@@ -20,6 +20,8 @@ class OverlayClient:
         self.base = base
         self.strings: dict[str, str] = {}
         self.lists: dict[str, list[str]] = {}
+        self.sets: dict[str, set[str]] = {}
+        self.zsets: dict[str, dict[str, float]] = {}
 
     def mget(self, keys: list[str]) -> list[str | None]:
         missing = [key for key in keys if key not in self.strings]
@@ -39,6 +41,17 @@ class OverlayClient:
 
     def rpush(self, key: str, *values: str) -> None:
         self.lists.setdefault(key, []).extend(values)
+
+    def sadd(self, key: str, *values: str) -> None:
+        self.sets.setdefault(key, set()).update(values)
+
+    def zadd(self, key: str, mapping: dict[str, float], nx: bool = False) -> None:
+        scores = self.zsets.setdefault(key, {})
+        for member, score in mapping.items():
+            scores[member] = scores.get(member, score) if nx else score
+
+    def expire(self, key: str, seconds: int) -> None:
+        """Nothing expires here: the overlay ends with its process."""
 
     def pipeline(self, transaction: bool = True) -> OverlayPipeline:
         return OverlayPipeline(self)
@@ -65,6 +78,15 @@ class OverlayPipeline:
 
     def rpush(self, key: str, *values: str) -> None:
         self._queued.append(("rpush", (key, *values)))
+
+    def sadd(self, key: str, *values: str) -> None:
+        self._queued.append(("sadd", (key, *values)))
+
+    def zadd(self, key: str, mapping: dict[str, float], nx: bool = False) -> None:
+        self._queued.append(("zadd", (key, mapping, nx)))
+
+    def expire(self, key: str, seconds: int) -> None:
+        self._queued.append(("expire", (key, seconds)))
 
     def execute(self) -> None:
         for method, args in self._queued:

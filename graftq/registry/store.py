@@ -5,15 +5,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from uuid import UUID
 
 import redis
 
 from graftq.errors import EntityNotFound, InvalidReference, VersionConflict
-from graftq.registry import commit, references
+from graftq.registry import commit, index, references, retention
 from graftq.registry.entity import Entity
 from graftq.registry.execution import Execution, ExecutionStatus
 from graftq.registry.keys import Keys
@@ -250,6 +251,50 @@ class EntityRegistry:
                 label = labels.get(doc["derived_from"], "put")
                 lines.append(f"    {_mermaid_id(doc['parent_id'])} -->|{label}| {node}")
         return "\n".join(lines)
+
+    # -- finding and retention ----------------------------------------------------
+
+    def heads(self, entity_type: type[E], *, batch: int = 100) -> Iterator[E]:
+        """The head of every lineage of `entity_type` (subclasses included), oldest first.
+
+        Pages through the type index the commit keeps (never KEYS or SCAN):
+        three round trips per `batch` lineages.
+        """
+        for type_name in index.type_names(entity_type):
+            for head_ids in index.head_batches(self._client, self.keys, type_name, batch):
+                docs = self._load(head_ids)
+                for ecs_id in head_ids:
+                    if ecs_id in docs and docs[ecs_id]["type"] == type_name:
+                        yield typing.cast(E, build(ecs_id, docs))
+
+    def head_data(self, type_name: str, *, batch: int = 100) -> Iterator[dict[str, Any]]:
+        """`heads` as plain JSON data, by stored type name (no Entity class needed)."""
+        for head_ids in index.head_batches(self._client, self.keys, type_name, batch):
+            docs = self._load(head_ids)
+            for ecs_id in head_ids:
+                if ecs_id in docs and docs[ecs_id]["type"] == type_name:
+                    yield as_data(ecs_id, docs)
+
+    def prune(
+        self, keep: int, *, older_than: timedelta | None = None, dry_run: bool = False
+    ) -> retention.PruneReport:
+        """Remove versions beyond the newest `keep` of each lineage that nothing needs.
+
+        Never a head, nor what a kept version's tree or a kept Execution record
+        needs; only versions older than `older_than` when given. Safe while
+        workers commit (see `graftq.registry.retention`).
+        """
+        pruner = retention.Pruner(
+            self.client, self.keys, keep=keep, older_than=older_than, now=datetime.now(UTC)
+        )
+        if dry_run:
+            return pruner.report(pruner.plan(), dry_run=True)
+        pruner.start()
+        try:
+            removed = pruner.apply(pruner.plan())
+        finally:
+            pruner.finish()
+        return pruner.report(removed, dry_run=False)
 
     # -- internals -------------------------------------------------------------
 
