@@ -20,6 +20,7 @@ from graftq.registry.store import EntityRegistry
 from graftq.settings import Settings
 from graftq.tasks.callables import CallableInfo
 from graftq.tasks.runner import Call, run_call
+from graftq.worker import logs
 
 TASK_PREFIX = "graftq."
 PUBLISHED_TASK = "graftq.published"
@@ -70,7 +71,11 @@ def run_job(
         check_replay=True,
     )
     try:
-        ran = run_call(store, info, input_data, call)
+        with logs.job(
+            info.name, call.execution_id, lambda: store.execution(call.execution_id)
+        ) as summary:
+            ran = run_call(store, info, input_data, call)
+            summary.execution = ran.execution
     except pydantic.ValidationError as exc:
         raise InvalidInput(str(exc), _errors(exc), exc.title) from None
     except SoftTimeLimitExceeded:
