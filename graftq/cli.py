@@ -4,7 +4,6 @@ demo (`graftq COMMAND --help`)."""
 from __future__ import annotations
 
 import importlib
-import itertools
 import json
 import os
 import re
@@ -24,12 +23,14 @@ from graftq.app import App
 from graftq.errors import EntityNotFound, GraftError
 from graftq.registry import index
 from graftq.registry.entity import IDENTITY_FIELDS
-from graftq.registry.execution import Execution
 from graftq.registry.store import EntityRegistry, as_uuid
 from graftq.settings import Settings
+from graftq.tables import heads_table
 
 # Piped output is read by programs: never wrap or cut ids there.
 console = Console() if sys.stdout.isatty() else Console(width=10_000, soft_wrap=True)
+# Progress goes to stderr, so that `graftq submit --wait | jq` reads only the value.
+progress_console = Console(stderr=True)
 
 APP_OPTION = click.option(
     "--app",
@@ -115,7 +116,7 @@ def submit(app_path: str, name: str, input_json: str, wait: bool, timeout: float
     job = app.submit(name, data)
     console.print(f"job [bold]{job.id}[/] submitted ({name})")
     if wait:
-        _print_value(progress.wait(job, console, timeout=timeout))
+        _print_value(progress.wait(job, progress_console, timeout=timeout))
 
 
 STORE_APP_OPTION = click.option(
@@ -199,22 +200,9 @@ def lineage(app_path: str | None, lineage_id: str, mermaid: bool) -> None:
 def ls(app_path: str | None, type_name: str, limit: int) -> None:
     """The head of every lineage of TYPE (its class name or full type name), oldest first."""
     store = open_store(app_path)
-    stored_type = index.match_type(store.client, store.keys, type_name)
-    heads = list(itertools.islice(store.head_data(stored_type), limit + 1))
-    shown = heads[:limit]
-    runs = [head["derived_from"] for head in shown if head["derived_from"]]
-    raws = store.client.mget([store.keys.execution(run) for run in runs]) if runs else []
-    callables = {
-        run: Execution.model_validate_json(raw).callable if raw else "?"
-        for run, raw in zip(runs, raws, strict=True)
-    }
-    table = Table("lineage", "head version", "created_at", "derived_from", title=stored_type)
-    for head in shown:
-        run = head["derived_from"]
-        made_by = f"{callables[run]} ({run})" if run else "put"
-        table.add_row(head["lineage_id"], head["ecs_id"], head["created_at"], made_by)
+    table, more = heads_table(store, index.match_type(store.client, store.keys, type_name), limit)
     console.print(table)
-    if len(heads) > limit:
+    if more:
         console.print(f"(first {limit} lineages shown; pass --limit to see more)")
 
 
@@ -315,7 +303,7 @@ def demo() -> None:
     """
     from graftq import demo as example  # the demo's models register only when asked for
 
-    example.run()
+    example.run(console)
 
 
 def _print_value(value: Any) -> None:
