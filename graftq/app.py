@@ -116,6 +116,8 @@ class App:
         task, meta = task_name(name), None
         if info.published:
             task, meta = PUBLISHED_TASK, {"name": info.name, "version": info.version}
+            # Flower and worker logs name a job by its callable, not "graftq.published".
+            celery_options = {"shadow": task_name(info.name), **celery_options}
         store = self._store
         return submit(
             self.celery, store, info, input_data, task=task, meta=meta, options=celery_options
