@@ -11,12 +11,10 @@ import base64
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -171,8 +169,3 @@ def test_flower_task_page_shows_the_callable_and_the_committed_version(
         assert f"@{ada.lineage_id}" in text  # the input as submitted: the reference
         assert str(older.ecs_id) in text  # the result: the committed version id
         assert "SUCCESS" in text
-
-
-def test_ci_installs_chromium_for_this_test() -> None:
-    ci = (Path(__file__).parents[3] / ".ci" / "run").read_text()
-    assert "chromium" in ci and shutil.which("bash")
