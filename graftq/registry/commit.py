@@ -139,7 +139,7 @@ def _write(
 ) -> None:
     for version in plan.new:
         write_version(client, keys, version, pipeline=pipe)
-        index.add(keys, version, pipeline=pipe)
+        index.add(keys, version, plan.docs.get(version.parent_id or ""), pipeline=pipe)
         if not branched or version.parent_id is None:  # a new lineage has no rival head
             move_head(client, keys, version.lineage_id, version.ecs_id, pipeline=pipe)
     if request.execution is not None:

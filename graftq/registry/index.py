@@ -1,8 +1,8 @@
 """The type index: which lineages hold versions of which entity type, for `heads(Type)`.
 
-The commit adds each new version's lineage to ``{p}:lineages:{type}`` (a
-sorted set scored by when the lineage was first stored under that type) in its
-own MULTI...EXEC, so the index is never behind the data. Readers page through
+The commit adds each new lineage to ``{p}:lineages:{type}`` (a sorted set
+scored by when the lineage was first stored under that type) in its own
+MULTI...EXEC, so the index is never behind the data. Readers page through
 it with ZRANGE, a batch at a time: no KEYS, no SCAN of the keyspace. A lineage
 whose versions changed type is listed under each; readers keep only the
 lineages whose head is of the type asked for.
@@ -20,9 +20,16 @@ from graftq.registry.entity import Entity
 from graftq.registry.keys import Keys
 
 
-def add(keys: Keys, version: Version, *, pipeline: Any) -> None:
-    """Index `version`'s lineage under its type (queued on the commit's pipeline)."""
+def add(keys: Keys, version: Version, parent: dict[str, Any] | None, *, pipeline: Any) -> None:
+    """Index `version`'s lineage under its type (queued on the commit's pipeline).
+
+    Only a new lineage, or a version whose type differs from its `parent` document's,
+    adds anything: lineages are never removed (a prune keeps every head), so one
+    entry per lineage and type is enough, and most commits write nothing here.
+    """
     type_name = version.doc["type"]
+    if parent is not None and parent["type"] == type_name:
+        return
     first_stored = datetime.fromisoformat(version.doc["created_at"]).timestamp()
     pipeline.zadd(keys.lineages(type_name), {version.lineage_id: first_stored}, nx=True)
     pipeline.sadd(keys.types, type_name)
