@@ -36,6 +36,17 @@ class OverlayClient:
         items = cast(list[str], self.base.lrange(key, 0, -1)) + self.lists.get(key, [])
         return items[start : (None if end == -1 else end + 1)]
 
+    def smembers(self, key: str) -> set[str]:
+        return cast(set[str], self.base.smembers(key)) | self.sets.get(key, set())
+
+    def zrange(self, key: str, start: int, end: int) -> list[str]:
+        """Base and overlay members by score; reads the whole set (only ever in a child)."""
+        scores = dict(cast(list[tuple[str, float]], self.base.zrange(key, 0, -1, withscores=True)))
+        for member, score in self.zsets.get(key, {}).items():
+            scores.setdefault(member, score)
+        ordered = sorted(scores, key=lambda member: (scores[member], member))
+        return ordered[start : (None if end == -1 else end + 1)]
+
     def set(self, key: str, value: str) -> None:
         self.strings[key] = value
 

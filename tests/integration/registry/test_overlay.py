@@ -43,6 +43,9 @@ def test_isolated_writes_are_visible_in_process_only(
     assert reg.head(v1.address.lineage_id).ecs_id == v2.address.ecs_id
     assert reg.get(v1.ecs_id).model_dump() == v1.model_dump()
 
+    # heads() sees the overlay's new lineages after the stored ones, at their overlay heads.
+    assert ids(reg.heads(Student)) == [v2.ecs_id, new.ecs_id]
+
     # The overlay still refuses stale writes.
     stale = reg.get(v1.ecs_id)
     stale.age = 99
@@ -60,6 +63,7 @@ def test_isolated_writes_are_visible_in_process_only(
             fresh.head(new.lineage_id)
         assert fresh.head(v1.lineage_id).model_dump() == v1.model_dump()
         assert ids(fresh.history(v1.lineage_id)) == [v1.ecs_id]
+        assert ids(fresh.heads(Student)) == [v1.ecs_id]
 
 
 def test_isolate_twice_keeps_the_overlay(reg: EntityRegistry, redis_client: redis.Redis) -> None:
