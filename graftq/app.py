@@ -99,7 +99,7 @@ class App:
         call = Call(
             execution_id=str(uuid.uuid4()),
             worker=local_worker(),
-            max_reruns=self.settings.max_reruns,
+            rerun_timeout=self.settings.rerun_timeout,
         )
         return run_call(self.entities, info, input_data, call).value
 

@@ -1,8 +1,10 @@
 """A private overlay over Redis: the store as an isolated child sees it.
 
-Reads fall through to Redis; writes land in this process's memory and vanish
-with it. It offers the few redis-py methods the store uses, so the commit code
-is the same for both.
+Once `isolate_stores()` ran in a process (the forked child of an isolated call),
+every `EntityRegistry` in it — of any App, made before or after — reads Redis but
+keeps its writes in this process's memory, where they vanish with it. The overlay
+offers the few redis-py methods the store uses, so the commit code is the same for
+both, and holds its Redis client privately: no store handle a body can reach writes.
 """
 
 from __future__ import annotations
@@ -12,12 +14,25 @@ from typing import Any, cast
 
 import redis
 
+_isolated = False
+
+
+def isolate_stores() -> None:
+    """From now on, in this process and those it forks, every store's writes stay private."""
+    global _isolated
+    _isolated = True
+
+
+def isolated() -> bool:
+    """True in an isolated call's process."""
+    return _isolated
+
 
 class OverlayClient:
-    """Reads from `base`, keeps every write to itself."""
+    """Reads from Redis through `base`, keeps every write to itself."""
 
     def __init__(self, base: redis.Redis) -> None:
-        self.base = base
+        self._base = base
         self.strings: dict[str, str] = {}
         self.lists: dict[str, list[str]] = {}
         self.sets: dict[str, set[str]] = {}
@@ -25,7 +40,7 @@ class OverlayClient:
 
     def mget(self, keys: list[str]) -> list[str | None]:
         missing = [key for key in keys if key not in self.strings]
-        below = cast(list[str | None], self.base.mget(missing)) if missing else []
+        below = cast(list[str | None], self._base.mget(missing)) if missing else []
         found = dict(zip(missing, below, strict=True))
         return [self.strings[key] if key in self.strings else found[key] for key in keys]
 
@@ -33,15 +48,19 @@ class OverlayClient:
         return self.mget([key])[0]
 
     def lrange(self, key: str, start: int, end: int) -> list[str]:
-        items = cast(list[str], self.base.lrange(key, 0, -1)) + self.lists.get(key, [])
+        items = cast(list[str], self._base.lrange(key, 0, -1)) + self.lists.get(key, [])
         return items[start : (None if end == -1 else end + 1)]
 
+    def hget(self, key: str, field: str) -> str | None:
+        return cast(str | None, self._base.hget(key, field))
+
     def smembers(self, key: str) -> set[str]:
-        return cast(set[str], self.base.smembers(key)) | self.sets.get(key, set())
+        return cast(set[str], self._base.smembers(key)) | self.sets.get(key, set())
 
     def zrange(self, key: str, start: int, end: int) -> list[str]:
         """Base and overlay members by score; reads the whole set (only ever in a child)."""
-        scores = dict(cast(list[tuple[str, float]], self.base.zrange(key, 0, -1, withscores=True)))
+        stored = self._base.zrange(key, 0, -1, withscores=True)
+        scores = dict(cast(list[tuple[str, float]], stored))
         for member, score in self.zsets.get(key, {}).items():
             scores.setdefault(member, score)
         ordered = sorted(scores, key=lambda member: (scores[member], member))

@@ -12,17 +12,24 @@ versions from lineages (and reads the heads), one Lua call loads every tree.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
 from graftq.errors import EntityNotFound, InvalidReference
-from graftq.registry.entity import IDENTITY_FIELDS
+from graftq.registry import containers
+from graftq.registry.entity import IDENTITY_FIELDS, Entity
+from graftq.registry.tree import nodes, walk
 
-if TYPE_CHECKING:
-    from graftq.registry.store import EntityRegistry
+
+class Reader(Protocol):
+    """What resolving needs from the store (`EntityRegistry` has it)."""
+
+    def classify(self, uuids: Iterable[str]) -> dict[str, tuple[str, bool]]: ...
+    def get_many(self, ecs_ids: Iterable[str]) -> list[Entity]: ...
+
 
 _REFERENCE = re.compile(
     r"@(?P<uuid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
@@ -61,12 +68,18 @@ class Resolution:
     """An input with its references replaced.
 
     `value` holds the resolved values (entities as fresh copies); `pinned`
-    holds the same structure with each reference rewritten to its pinned form.
+    holds the same structure with each reference rewritten to its pinned form;
+    `read_by_head` names every lineage in the trees that lineage references read.
     """
 
     value: Any
     pinned: Any
     references: tuple[Resolved, ...]
+    read_by_head: frozenset[str] = frozenset()
+
+    @property
+    def by_lineage(self) -> bool:
+        return any(ref.by_lineage for ref in self.references)
 
 
 def parse(text: str) -> Reference | str:
@@ -98,7 +111,7 @@ def _malformed(text: str) -> str:
     return f"reference {text!r}: empty path segment; expected '@<uuid>.field.0.key'"
 
 
-def resolve(store: EntityRegistry, data: Any) -> Resolution:
+def resolve(store: Reader, data: Any) -> Resolution:
     """Resolve every reference in `data` (any depth of dicts and lists)."""
     found: list[Reference] = []
 
@@ -121,10 +134,17 @@ def resolve(store: EntityRegistry, data: Any) -> Resolution:
     ]
     values = iter([navigate(root, ref) for root, ref in zip(roots, found, strict=True)])
     pinned = iter([r.pinned_text for r in resolved])
+    by_head = {
+        str(node.entity.lineage_id)
+        for root, ref in zip(roots, resolved, strict=True)
+        if ref.by_lineage
+        for node in nodes(walk(root))
+    }
     return Resolution(
         _map(data, lambda _: next(values)),
         _map(data, lambda _: next(pinned), escaped=True),
         tuple(resolved),
+        frozenset(by_head),
     )
 
 
@@ -133,16 +153,16 @@ def _map(data: Any, on_reference: Callable[[Reference], Any], *, escaped: bool =
 
     `@@` literals are unescaped unless `escaped` (the pinned form stays parseable).
     """
-    if isinstance(data, str):
-        parsed = parse(data)
+
+    def change(leaf: Any) -> Any:
+        if not isinstance(leaf, str):
+            return leaf
+        parsed = parse(leaf)
         if isinstance(parsed, Reference):
             return on_reference(parsed)
-        return data if escaped else parsed
-    if isinstance(data, dict):
-        return {key: _map(value, on_reference, escaped=escaped) for key, value in data.items()}
-    if isinstance(data, list | tuple):
-        return [_map(value, on_reference, escaped=escaped) for value in data]
-    return data
+        return leaf if escaped else parsed
+
+    return containers.map_leaves(data, change)
 
 
 def navigate(root: Any, ref: Reference) -> Any:

@@ -13,8 +13,8 @@ from uuid import UUID
 
 import redis
 
-from graftq.errors import EntityNotFound, InvalidReference, VersionConflict
-from graftq.registry import commit, index, references, retention
+from graftq.errors import EntityNotFound, InvalidReference, IsolationError, VersionConflict
+from graftq.registry import commit, index, overlay, references, retention
 from graftq.registry.entity import Entity
 from graftq.registry.execution import Execution, ExecutionStatus
 from graftq.registry.keys import Keys
@@ -87,23 +87,27 @@ class EntityRegistry:
     ) -> None:
         self.keys = Keys(prefix)
         self.max_retries = max_retries
-        self._client: Any = client
+        self._redis = client
+        self._overlay: OverlayClient | None = None
         self._load_script = client.register_script(_LOAD_TREES)
 
     @property
+    def _client(self) -> Any:
+        if not overlay.isolated():
+            return self._redis
+        if self._overlay is None:  # the first use inside an isolated call
+            self._overlay = OverlayClient(self._redis)
+        return self._overlay
+
+    @property
     def client(self) -> redis.Redis:
-        """The Redis client (inside an isolated child: the private overlay)."""
+        """The Redis client (inside an isolated call: the private overlay)."""
         return typing.cast(redis.Redis, self._client)
 
     @property
     def isolated(self) -> bool:
-        """True inside an isolated child, where writes go to a private overlay."""
-        return isinstance(self._client, OverlayClient)
-
-    def isolate(self) -> None:
-        """From now on, read Redis but keep every write in this process's memory."""
-        if not self.isolated:
-            self._client = OverlayClient(self._client)
+        """True inside an isolated call, where writes go to a private overlay."""
+        return overlay.isolated()
 
     # -- writing ---------------------------------------------------------------
 
@@ -116,17 +120,21 @@ class EntityRegistry:
         roots: Sequence[Entity],
         *,
         branch: bool = False,
+        strict: Iterable[str] = (),
         execution: Execution | None = None,
         memo_key: str | None = None,
     ) -> Committed:
         """Store several trees (and an execution record) in one transaction.
 
-        With an `execution` whose id already has a successful record, nothing is
-        written and the recorded execution comes back with `replayed=True`.
+        A moved head is a `VersionConflict`; with `branch`, only for the lineages in
+        `strict`, and the others' new versions are stored as branches. With an
+        `execution` whose id already has a successful record, nothing is written
+        and the recorded execution comes back with `replayed=True`.
         """
         request = commit.Request(
             trees=[walk(root) for root in roots],
             branch=branch,
+            strict=frozenset(strict),
             derived_from=execution.id if execution else None,
             execution=execution,
             memo_key=memo_key,
@@ -136,14 +144,9 @@ class EntityRegistry:
             if isinstance(outcome, commit.Retry):
                 request = dataclasses.replace(request, lineages=outcome.lineages)
                 continue
-            if outcome.replayed is not None:
-                return Committed([], outcome.replayed, outcome.replayed.branched, replayed=True)
-            plan = outcome.plan
-            recorded = execution and execution.model_copy(
-                update={"branched": outcome.branched, "outputs": list(plan.roots)}
+            return Committed(
+                outcome.entities, outcome.execution, outcome.branched, outcome.replayed
             )
-            trees = [build(root, plan.docs) for root in plan.roots]
-            return Committed(trees, recorded, outcome.branched)
         raise VersionConflict(
             f"gave up after {self.max_retries} attempts: concurrent writers kept changing "
             f"lineages {sorted(request.lineages)}"
@@ -284,6 +287,8 @@ class EntityRegistry:
         needs; only versions older than `older_than` when given. Safe while
         workers commit (see `graftq.registry.retention`).
         """
+        if self.isolated:
+            raise IsolationError("prune is refused inside an isolated call: it would prune nothing")
         pruner = retention.Pruner(
             self.client, self.keys, keep=keep, older_than=older_than, now=datetime.now(UTC)
         )

@@ -8,9 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from graftq.registry import references
+from graftq.registry import containers, references
 from graftq.registry.entity import Entity
 from graftq.registry.store import EntityRegistry
+from graftq.tasks import encoding
 from graftq.tasks.callables import CallableInfo
 
 
@@ -22,7 +23,12 @@ class Prepared:
     given: dict[str, Any]
     pinned: dict[str, Any]
     kwargs: dict[str, Any]
-    by_lineage: bool
+    read_by_head: frozenset[str]
+
+    @property
+    def by_lineage(self) -> bool:
+        """Whether any input was read by lineage reference (the head at resolution time)."""
+        return bool(self.read_by_head)
 
     def recorded_inputs(self) -> dict[str, Any]:
         """The inputs as the Execution records them: a whole entity by its version id,
@@ -36,6 +42,26 @@ class Prepared:
         return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
+def as_input(input_data: Any) -> dict[str, Any]:
+    """A private dict of the input; anything but a mapping is a TypeError."""
+    if not isinstance(input_data, Mapping):
+        raise TypeError(
+            f"input must be a dict of parameter name → value, got {type(input_data).__name__}"
+        )
+    return dict(input_data)
+
+
+def input_digest(info: CallableInfo, input_data: Mapping[str, Any]) -> str:
+    """What one execution id stands for: the callable and its input exactly as given.
+
+    A redelivered job carries the same digest; another job reusing the id does not.
+    """
+    canonical = json.dumps(
+        [info.name, encoding.encode(as_input(input_data))], sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
 def store_entities(
     store: EntityRegistry, input_data: dict[str, Any], found: list[Entity]
 ) -> dict[str, Any]:
@@ -45,33 +71,22 @@ def store_entities(
     (a branch if its head moved): all in one transaction.
     """
     stored = iter(store.commit(found, branch=True).entities)
-    swapped: dict[str, Any] = _swap(dict(input_data), lambda _: f"@{next(stored).ecs_id}")
+    swapped: dict[str, Any] = containers.map_leaves(
+        input_data, lambda leaf: f"@{next(stored).ecs_id}" if isinstance(leaf, Entity) else leaf
+    )
     return swapped
 
 
-def _swap(data: Any, on_entity: Any) -> Any:
-    if isinstance(data, Entity):
-        return on_entity(data)
-    if isinstance(data, str) and data.startswith("@"):
-        return data
-    if isinstance(data, dict):
-        return {key: _swap(value, on_entity) for key, value in data.items()}
-    if isinstance(data, list | tuple):
-        return [_swap(value, on_entity) for value in data]
-    return data
-
-
 def _record(pinned: Any) -> Any:
-    if isinstance(pinned, str) and pinned.startswith("@"):
-        parsed = references.parse(pinned)
+    def change(leaf: Any) -> Any:
+        if not (isinstance(leaf, str) and leaf.startswith("@")):
+            return leaf
+        parsed = references.parse(leaf)
         if isinstance(parsed, references.Reference) and not parsed.path:
             return parsed.uuid
-        return parsed if isinstance(parsed, str) else pinned
-    if isinstance(pinned, dict):
-        return {key: _record(value) for key, value in pinned.items()}
-    if isinstance(pinned, list):
-        return [_record(value) for value in pinned]
-    return pinned
+        return parsed if isinstance(parsed, str) else leaf
+
+    return containers.map_leaves(pinned, change)
 
 
 def prepare(store: EntityRegistry, info: CallableInfo, input_data: Mapping[str, Any]) -> Prepared:
@@ -80,18 +95,12 @@ def prepare(store: EntityRegistry, info: CallableInfo, input_data: Mapping[str, 
     Entity objects among the values are validated as given first, and only
     then stored, so bad input leaves no trace in the store.
     """
-    if not isinstance(input_data, Mapping):
-        raise TypeError(
-            f"input must be a dict of parameter name → value, got {type(input_data).__name__}"
-        )
-    given = dict(input_data)
-    found: list[Entity] = []
-    _swap(given, found.append)
+    given = as_input(input_data)
+    found = [leaf for _, leaf in containers.leaves(given) if isinstance(leaf, Entity)]
     resolution = references.resolve(store, given)
     kwargs = info.validate_input(resolution.value)
     if found:  # now that the input is known good, store the objects and read them back
         given = store_entities(store, given, found)
         resolution = references.resolve(store, given)
         kwargs = info.validate_input(resolution.value)
-    by_lineage = any(ref.by_lineage for ref in resolution.references)
-    return Prepared(info, given, resolution.pinned, kwargs, by_lineage)
+    return Prepared(info, given, resolution.pinned, kwargs, resolution.read_by_head)

@@ -10,7 +10,7 @@ from typing import Any
 import celery.exceptions
 import pydantic_core
 
-from graftq.errors import InvalidInput, JobTimeout, TimeLimitExceeded
+from graftq.errors import GraftError, InvalidInput, JobTimeout, TimeLimitExceeded
 from graftq.registry.store import EntityRegistry
 from graftq.tasks import results
 from graftq.tasks.callables import CallableInfo
@@ -85,7 +85,14 @@ class Job:
             ) from None
         except InvalidInput as exc:
             raise _validation_error(exc) from None
-        return results.replay(self._store(), self._info, payload["result"], payload["outputs"])
+        store = self._store()
+        execution = store.execution(payload["execution_id"])
+        if execution is None:
+            raise GraftError(
+                f"job {self.id} ({self._info.name}) succeeded but its execution record "
+                f"{payload['execution_id']} is missing from the store"
+            )
+        return results.replay(store, execution.result, execution.outputs)
 
     async def aget(self, timeout: float | None = None, poll: float = 0.05) -> Any:
         """`get` without blocking the event loop (polls the result backend)."""

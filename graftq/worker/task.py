@@ -67,7 +67,7 @@ def run_job(
     call = Call(
         execution_id=str(request.id),
         worker=str(request.hostname or "unknown"),
-        max_reruns=settings.max_reruns,
+        rerun_timeout=settings.rerun_timeout,
         check_replay=True,
     )
     try:
@@ -83,12 +83,8 @@ def run_job(
             f"job {request.id} ({info.name}) hit Celery's soft time limit; its child was killed"
         ) from None
     execution = ran.execution
-    return {
-        "execution_id": execution.id,
-        "result": execution.result,
-        "outputs": execution.outputs,
-        "branched": execution.branched,
-    }
+    # The result itself lives once, in the Execution record; Celery keeps how to find it.
+    return {"execution_id": execution.id, "outputs": execution.outputs}
 
 
 def _errors(exc: pydantic.ValidationError) -> Any:

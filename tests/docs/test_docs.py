@@ -173,4 +173,5 @@ def test_the_configuration_page_names_every_setting_with_its_default() -> None:
         assert rows, f"docs/configuration.md has no table row for {variable}"
         default = field.default
         if default is not None:
-            assert str(default) in rows[0], f"{variable}: default {default} not in {rows[0]}"
+            shown = f"{default:g}" if isinstance(default, float) else str(default)
+            assert f"`{shown}`" in rows[0], f"{variable}: default {shown} not in {rows[0]}"

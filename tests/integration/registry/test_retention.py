@@ -9,11 +9,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
-from graftq.errors import EntityNotFound, GraftError, InvalidEntity
+from graftq.errors import EntityNotFound, GraftError, InvalidEntity, IsolationError
 from graftq.registry.entity import Entity
 from graftq.registry.execution import Execution, ExecutionStatus
+from graftq.registry.overlay import isolate_stores
 from graftq.registry.retention import Pruner
 from graftq.registry.store import EntityRegistry
+from graftq.tasks.isolation import run_isolated
 from tests.integration.registry.models import Address, Counter, Student
 
 pytestmark = pytest.mark.integration
@@ -249,3 +251,18 @@ def test_prune_under_a_stream_of_commits_leaves_every_head_and_kept_version_whol
             head = store.head(root.lineage_id)
             assert isinstance(head, Student) and head.address is not None
         assert not client.exists(store.keys.prune)
+
+
+def test_prune_is_refused_inside_an_isolated_call(reg: EntityRegistry) -> None:
+    chain(reg, 3)
+
+    def inside() -> str:
+        try:
+            reg.prune(keep=1)
+        except IsolationError as exc:
+            return str(exc)
+        return "pruned"
+
+    said = run_isolated(inside, encode=str.encode, decode=bytes.decode, setup=isolate_stores)
+    assert "refused inside an isolated call" in said
+    assert reg.prune(keep=1).versions == 2  # nothing was removed by the child
