@@ -6,10 +6,11 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 from graftq.registry import containers, references
 from graftq.registry.entity import Entity
+from graftq.registry.execution import Execution, ExecutionStatus
 from graftq.registry.store import EntityRegistry
 from graftq.tasks import encoding
 from graftq.tasks.callables import CallableInfo
@@ -89,15 +90,49 @@ def _record(pinned: Any) -> Any:
     return containers.map_leaves(pinned, change)
 
 
-def prepare(store: EntityRegistry, info: CallableInfo, input_data: Mapping[str, Any]) -> Prepared:
+@dataclass(frozen=True)
+class Done:
+    """The execution asked about in `prepare(..., replay_of=...)` already succeeded."""
+
+    execution: Execution
+
+
+@overload
+def prepare(
+    store: EntityRegistry, info: CallableInfo, input_data: Mapping[str, Any]
+) -> Prepared: ...
+
+
+@overload
+def prepare(
+    store: EntityRegistry,
+    info: CallableInfo,
+    input_data: Mapping[str, Any],
+    *,
+    replay_of: str | None,
+) -> Prepared | Done: ...
+
+
+def prepare(
+    store: EntityRegistry,
+    info: CallableInfo,
+    input_data: Mapping[str, Any],
+    *,
+    replay_of: str | None = None,
+) -> Prepared | Done:
     """Resolve and validate; raises before anything runs, is enqueued or is written.
 
     Entity objects among the values are validated as given first, and only
-    then stored, so bad input leaves no trace in the store.
+    then stored, so bad input leaves no trace in the store. With `replay_of`, that
+    execution's record is read in the same round trip as the inputs; if it
+    succeeded, `Done` comes back and nothing is validated.
     """
     given = as_input(input_data)
     found = [leaf for _, leaf in containers.leaves(given) if isinstance(leaf, Entity)]
-    resolution = references.resolve(store, given)
+    resolution = references.resolve(store, given, execution_id=replay_of)
+    done = resolution.execution
+    if done is not None and done.status is ExecutionStatus.SUCCESS:
+        return Done(done)
     kwargs = info.validate_input(resolution.value)
     if found:  # now that the input is known good, store the objects and read them back
         given = store_entities(store, given, found)

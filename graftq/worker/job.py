@@ -144,12 +144,10 @@ def submit(
     """Resolve and validate now, then enqueue; on any error nothing is enqueued.
 
     The message carries the input with references (entity objects replaced by
-    pinned references to their stored versions) and what each reference
-    resolved to — never entity bodies.
+    pinned references to their stored versions), never entity bodies; the worker
+    resolves them again when the job runs (a lineage reference means the head then).
     """
     prepared = prepare(store(), info, input_data)
-    message_meta = {**(meta or {}), "resolved": prepared.pinned, "by_lineage": prepared.by_lineage}
-    result = celery_app.send_task(
-        task, args=[prepared.given], kwargs={META: message_meta}, **dict(options or {})
-    )
+    kwargs = {META: dict(meta)} if meta else {}
+    result = celery_app.send_task(task, args=[prepared.given], kwargs=kwargs, **dict(options or {}))
     return Job(result, info, store)
