@@ -127,21 +127,30 @@ def resolve(store: Reader, data: Any, *, execution_id: str | None = None) -> Res
     """Resolve every reference in `data` (any depth of dicts and lists) in one read.
 
     With an `execution_id`, that execution's record is read in the same round trip
-    (`Resolution.snapshot.execution`).
+    (`Resolution.execution`). For several inputs with one read: `collect` each, one
+    `store.snapshot` of all their uuids, then `resolved` each.
     """
-    found: list[Reference] = []
-
-    def collect(ref: Reference) -> Reference:
-        found.append(ref)
-        return ref
-
-    literal = _map(data, collect)
-    snapshot: Snapshot | None = None
+    found = collect(data)
+    snapshot = None
     if found or execution_id is not None:
         snapshot = store.snapshot((ref.uuid for ref in found), execution_id=execution_id)
+    return resolved(data, found, snapshot)
+
+
+def collect(data: Any) -> list[Reference]:
+    """The references in `data`, in document order; a malformed one → InvalidReference."""
+    found: list[Reference] = []
+    _map(data, found.append)
+    return found
+
+
+def resolved(data: Any, found: list[Reference], snapshot: Snapshot | None) -> Resolution:
+    """`data` with its references `found` resolved from `snapshot`."""
+    execution = None if snapshot is None else snapshot.execution
     if not found:
-        execution = None if snapshot is None else snapshot.execution
-        return Resolution(literal, _map(data, collect, escaped=True), (), execution=execution)
+        return Resolution(
+            _map(data, _keep), _map(data, _keep, escaped=True), (), execution=execution
+        )
     assert snapshot is not None
     versions = snapshot.meaning
     for ref in found:
@@ -166,8 +175,12 @@ def resolve(store: Reader, data: Any, *, execution_id: str | None = None) -> Res
         _map(data, lambda _: next(pinned), escaped=True),
         tuple(resolved),
         frozenset(by_head),
-        snapshot.execution,
+        execution,
     )
+
+
+def _keep(ref: Reference) -> str:
+    return ref.text
 
 
 def _map(data: Any, on_reference: Callable[[Reference], Any], *, escaped: bool = False) -> Any:
