@@ -47,6 +47,10 @@ class Keys:
     def head(self, lineage_id: UUID | str) -> str:
         return f"{self.prefix}:head:{lineage_id}"
 
+    @property
+    def head_prefix(self) -> str:
+        return f"{self.prefix}:head:"
+
     def history(self, lineage_id: UUID | str) -> str:
         return f"{self.prefix}:hist:{lineage_id}"
 

@@ -5,8 +5,8 @@ keys and integer list/tuple indices. A version id (ecs_id) pins the reference;
 a lineage id means the head at resolution time. ``@@text`` is the literal
 ``@text``. A segment starting with ``_`` is refused.
 
-All references in one input are resolved in two round trips: one MGET tells
-versions from lineages (and reads the heads), one Lua call loads every tree.
+All references in one input are resolved in one round trip (the store's
+snapshot read: what each uuid means, and every tree below).
 """
 
 from __future__ import annotations
@@ -21,14 +21,24 @@ from pydantic import BaseModel
 from graftq.errors import EntityNotFound, InvalidReference
 from graftq.registry import containers
 from graftq.registry.entity import IDENTITY_FIELDS, Entity
+from graftq.registry.execution import Execution
 from graftq.registry.tree import nodes, walk
+
+
+class Snapshot(Protocol):
+    """What one read of the store gives back (`store.Snapshot`)."""
+
+    @property
+    def meaning(self) -> dict[str, tuple[str, bool]]: ...
+    @property
+    def execution(self) -> Execution | None: ...
+    def build(self, ecs_id: str) -> Entity: ...
 
 
 class Reader(Protocol):
     """What resolving needs from the store (`EntityRegistry` has it)."""
 
-    def classify(self, uuids: Iterable[str]) -> dict[str, tuple[str, bool]]: ...
-    def get_many(self, ecs_ids: Iterable[str]) -> list[Entity]: ...
+    def snapshot(self, uuids: Iterable[str], *, execution_id: str | None = None) -> Snapshot: ...
 
 
 _REFERENCE = re.compile(
@@ -69,13 +79,15 @@ class Resolution:
 
     `value` holds the resolved values (entities as fresh copies); `pinned`
     holds the same structure with each reference rewritten to its pinned form;
-    `read_by_head` names every lineage in the trees that lineage references read.
+    `read_by_head` names every lineage in the trees that lineage references read;
+    `execution` is the record asked for with `resolve(..., execution_id=...)`.
     """
 
     value: Any
     pinned: Any
     references: tuple[Resolved, ...]
     read_by_head: frozenset[str] = frozenset()
+    execution: Execution | None = None
 
     @property
     def by_lineage(self) -> bool:
@@ -111,24 +123,42 @@ def _malformed(text: str) -> str:
     return f"reference {text!r}: empty path segment; expected '@<uuid>.field.0.key'"
 
 
-def resolve(store: Reader, data: Any) -> Resolution:
-    """Resolve every reference in `data` (any depth of dicts and lists)."""
+def resolve(store: Reader, data: Any, *, execution_id: str | None = None) -> Resolution:
+    """Resolve every reference in `data` (any depth of dicts and lists) in one read.
+
+    With an `execution_id`, that execution's record is read in the same round trip
+    (`Resolution.execution`). For several inputs with one read: `collect` each, one
+    `store.snapshot` of all their uuids, then `resolved` each.
+    """
+    found = collect(data)
+    snapshot = None
+    if found or execution_id is not None:
+        snapshot = store.snapshot((ref.uuid for ref in found), execution_id=execution_id)
+    return resolved(data, found, snapshot)
+
+
+def collect(data: Any) -> list[Reference]:
+    """The references in `data`, in document order; a malformed one → InvalidReference."""
     found: list[Reference] = []
+    _map(data, found.append)
+    return found
 
-    def collect(ref: Reference) -> Reference:
-        found.append(ref)
-        return ref
 
-    literal = _map(data, collect)
+def resolved(data: Any, found: list[Reference], snapshot: Snapshot | None) -> Resolution:
+    """`data` with its references `found` resolved from `snapshot`."""
+    execution = None if snapshot is None else snapshot.execution
     if not found:
-        return Resolution(literal, _map(data, collect, escaped=True), ())
-    versions = store.classify(ref.uuid for ref in found)
+        return Resolution(
+            _map(data, _keep), _map(data, _keep, escaped=True), (), execution=execution
+        )
+    assert snapshot is not None
+    versions = snapshot.meaning
     for ref in found:
         if ref.uuid not in versions:
             raise EntityNotFound(
                 f"reference {ref.text!r}: no entity version or lineage {ref.uuid} in the store"
             )
-    roots = store.get_many(versions[ref.uuid][0] for ref in found)  # one copy per use
+    roots = [snapshot.build(versions[ref.uuid][0]) for ref in found]  # one copy per use
     resolved = [
         Resolved(ref, versions[ref.uuid][0], by_lineage=not versions[ref.uuid][1]) for ref in found
     ]
@@ -145,7 +175,12 @@ def resolve(store: Reader, data: Any) -> Resolution:
         _map(data, lambda _: next(pinned), escaped=True),
         tuple(resolved),
         frozenset(by_head),
+        execution,
     )
+
+
+def _keep(ref: Reference) -> str:
+    return ref.text
 
 
 def _map(data: Any, on_reference: Callable[[Reference], Any], *, escaped: bool = False) -> Any:

@@ -30,7 +30,7 @@ from graftq.registry.overlay import isolate_stores
 from graftq.registry.store import EntityRegistry
 from graftq.tasks import encoding, results
 from graftq.tasks.callables import CallableInfo
-from graftq.tasks.inputs import Prepared, input_digest, prepare
+from graftq.tasks.inputs import Done, Prepared, input_digest, prepare
 from graftq.tasks.isolation import run_isolated
 
 log = logging.getLogger(__name__)
@@ -75,13 +75,13 @@ def run_call(
     pinned get their new versions stored as branches instead.
     """
     digest = input_digest(info, input_data)
-    if call.check_replay and (done := store.execution(call.execution_id)) is not None:
-        if done.status is ExecutionStatus.SUCCESS:
-            return replayed(store, _same_job(done, info, digest))
     started = datetime.now(UTC)
     deadline = time.monotonic() + call.rerun_timeout
     for attempt in itertools.count(1):
-        prepared = prepare(store, info, input_data)
+        replay_of = call.execution_id if call.check_replay and attempt == 1 else None
+        prepared = prepare(store, info, input_data, replay_of=replay_of)
+        if isinstance(prepared, Done):  # a redelivery of a job that already committed
+            return replayed(store, _same_job(prepared.execution, info, digest))
         memo_key = _memo_key(store, prepared)
         if memo_key and (hit := store.memoized(memo_key)) is not None:
             return replayed(store, hit)

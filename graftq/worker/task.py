@@ -2,9 +2,9 @@
 
 Every callable becomes the task ``graftq.<name>``. Its message is the same
 input JSON that `submit` takes, as the first positional argument (or, for
-clients such as Flower's send-task form, as the keyword arguments), plus
-``_graftq``: what the producer resolved the references to. The Celery task id
-is the execution id, which makes the commit idempotent per delivery.
+clients such as Flower's send-task form, as the keyword arguments); a published
+function's job adds ``_graftq``: its name and version. The Celery task id is the
+execution id, which makes the commit idempotent per delivery.
 """
 
 from __future__ import annotations
