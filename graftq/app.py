@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown
 
 from graftq.errors import UnknownCallable
 from graftq.registry.store import EntityRegistry
@@ -18,6 +18,7 @@ from graftq.tasks.callables import CallableInfo, CallableRegistry
 from graftq.tasks.runner import Call, local_worker, run_call
 from graftq.worker.config import make_celery
 from graftq.worker.job import Job, submit, submit_many
+from graftq.worker.pool import ForkServer
 from graftq.worker.publish import Functions
 from graftq.worker.task import PUBLISHED_TASK, bind, bind_published, run_job, task_name
 
@@ -50,7 +51,9 @@ class App:
         self._lock = threading.Lock()
         bind_published(self.celery, self._run_published)
         # Each worker pool child makes its own Redis connections (never inherited).
+        self._fork_server = ForkServer(self)
         worker_process_init.connect(self._on_worker_process_init)  # weak: Apps can be freed
+        worker_process_shutdown.connect(self._on_worker_process_shutdown)
 
     def __repr__(self) -> str:
         return f"<graftq.App {self.name!r} redis={self.settings.redis_url}>"
@@ -90,6 +93,10 @@ class App:
 
     def _on_worker_process_init(self, **_: Any) -> None:
         self.reconnect()
+        self._fork_server.start()
+
+    def _on_worker_process_shutdown(self, **_: Any) -> None:
+        self._fork_server.stop()
 
     # -- callables -------------------------------------------------------------
 
@@ -190,7 +197,8 @@ class App:
         bind(self.celery, info, self._run_job)
 
     def _run_job(self, info: CallableInfo, request: Any, input_data: dict[str, Any]) -> Any:
-        return run_job(self.entities, info, self.settings, request, input_data)
+        zygote = self._fork_server.get()
+        return run_job(self.entities, info, self.settings, request, input_data, zygote=zygote)
 
     def _run_published(self, request: Any, input_data: dict[str, Any], meta: dict[str, Any]) -> Any:
         info = self.functions.load(meta["name"], meta.get("version"))

@@ -26,6 +26,7 @@ from graftq.registry.entity import IDENTITY_FIELDS
 from graftq.registry.store import EntityRegistry, as_uuid
 from graftq.settings import Settings
 from graftq.tables import heads_table
+from graftq.worker.pool import APP_VARIABLE
 
 # Piped output is read by programs: never wrap or cut ids there.
 console = Console() if sys.stdout.isatty() else Console(width=10_000, soft_wrap=True)
@@ -93,6 +94,7 @@ def worker(
         argv.append(f"--queues={queues}")
     if hostname:
         argv.append(f"--hostname={hostname}")
+    os.environ[APP_VARIABLE] = app_path  # pool processes start their zygote on it
     app.celery.worker_main([*argv, *ctx.args])
 
 

@@ -32,6 +32,7 @@ from graftq.tasks import encoding, results
 from graftq.tasks.callables import CallableInfo
 from graftq.tasks.inputs import Done, Prepared, input_digest, prepare
 from graftq.tasks.isolation import run_isolated
+from graftq.tasks.zygote import Zygote
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class Call:
     worker: str
     rerun_timeout: float = 60.0
     check_replay: bool = False
+    zygote: Zygote | None = None  # the worker's fork server, for isolated bodies
 
 
 def local_worker() -> str:
@@ -87,7 +89,7 @@ def run_call(
             return replayed(store, hit)
         run = _Run(store, prepared, call, started, digest)
         try:
-            recorded = results.record(execute_body(store, prepared))
+            recorded = results.record(execute_body(store, prepared, call.zygote))
             committed = store.commit(
                 recorded.entities,
                 branch=True,
@@ -175,11 +177,26 @@ def _backoff(attempt: int) -> float:
     return random.uniform(0, min(RERUN_BACKOFF_CAP, RERUN_BACKOFF_BASE * 2**attempt))
 
 
-def execute_body(store: EntityRegistry, prepared: Prepared) -> Any:
-    """Run the function body on the prepared arguments; the value its annotation admits."""
+def execute_body(store: EntityRegistry, prepared: Prepared, zygote: Zygote | None = None) -> Any:
+    """Run the function body on the prepared arguments; the value its annotation admits.
+
+    An isolated body runs in a child of the `zygote` when there is one (code-registered
+    callables; a published one is not in the zygote's code), else in a fork of this
+    process. Either way the value crosses as typed JSON.
+    """
     info = prepared.info
     if info.isolation == "none":
         return _admitted(info, _call_inline(info, prepared.kwargs))
+    if zygote is not None and not info.published:
+        request = {
+            "name": info.name,
+            "version": info.version,
+            "kwargs": pydantic_core.to_json(
+                encoding.encode(prepared.kwargs, pickles=True)
+            ).decode(),
+        }
+        value = zygote.run(info.name, request, decode=_decode, time_limit=info.time_limit)
+        return _admitted(info, value)
 
     def body() -> Any:
         return info.func(**prepared.kwargs)
@@ -188,11 +205,16 @@ def execute_body(store: EntityRegistry, prepared: Prepared) -> Any:
     value = run_isolated(
         body,
         encode=lambda value: pydantic_core.to_json(encoding.encode(value, pickles=True)),
-        decode=lambda payload: encoding.decode(pydantic_core.from_json(payload), pickles=True),
+        decode=_decode,
         time_limit=info.time_limit,
         setup=isolate_stores,
     )
     return _admitted(info, value)
+
+
+def _decode(payload: bytes) -> Any:
+    """A value an isolated child sent (our own child: pickles allowed)."""
+    return encoding.decode(pydantic_core.from_json(payload), pickles=True)
 
 
 def _call_inline(info: CallableInfo, kwargs: dict[str, Any]) -> Any:

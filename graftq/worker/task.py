@@ -20,6 +20,7 @@ from graftq.registry.store import EntityRegistry
 from graftq.settings import Settings
 from graftq.tasks.callables import CallableInfo
 from graftq.tasks.runner import Call, run_call
+from graftq.tasks.zygote import Zygote
 from graftq.worker import logs
 
 TASK_PREFIX = "graftq."
@@ -62,6 +63,8 @@ def run_job(
     settings: Settings,
     request: Any,
     input_data: dict[str, Any],
+    *,
+    zygote: Zygote | None = None,
 ) -> dict[str, Any]:
     """Run one delivery of a job; the JSON the result backend keeps."""
     call = Call(
@@ -69,6 +72,7 @@ def run_job(
         worker=str(request.hostname or "unknown"),
         rerun_timeout=settings.rerun_timeout,
         check_replay=True,
+        zygote=zygote,
     )
     try:
         with logs.job(

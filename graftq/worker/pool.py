@@ -1,0 +1,58 @@
+"""What each worker pool process keeps for its jobs: the fork server of its App.
+
+`graftq worker --app MODULE:ATTR` names the App in ``GRAFTQ_APP``; every pool process
+then starts a zygote on that path (`graftq.tasks.zygote`), so isolated bodies fork
+from a lean process instead of the pool process. ``GRAFTQ_ZYGOTE=off`` turns it off
+(bodies then fork from the pool process, as `app.execute` does).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from graftq.tasks.zygote import Zygote
+
+APP_VARIABLE = "GRAFTQ_APP"
+SWITCH_VARIABLE = "GRAFTQ_ZYGOTE"
+
+log = logging.getLogger(__name__)
+
+
+class ForkServer:
+    """The zygote of one App in this pool process: started lazily, restarted if it died."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._zygote: Zygote | None = None
+
+    def start(self) -> None:
+        """Start the zygote now (at pool process start), if this worker runs our App."""
+        self.stop()
+        path = _app_path(self._app)
+        if path is not None:
+            self._zygote = Zygote(path)
+
+    def get(self) -> Zygote | None:
+        """The running zygote, a new one if it died, or None (no zygote for this App)."""
+        if self._zygote is not None and not self._zygote.alive():
+            log.warning("zygote %s for %s died; starting another", self._zygote.pid, self._app)
+            self.start()
+        return self._zygote
+
+    def stop(self) -> None:
+        if self._zygote is not None:
+            self._zygote.close()
+            self._zygote = None
+
+
+def _app_path(app: Any) -> str | None:
+    """GRAFTQ_APP, if it names exactly `app` (already imported by the worker)."""
+    path = os.environ.get(APP_VARIABLE)
+    if not path or os.environ.get(SWITCH_VARIABLE, "on").lower() in ("off", "0", "false"):
+        return None
+    module_name, _, attr = path.partition(":")
+    module = sys.modules.get(module_name)
+    return path if module is not None and getattr(module, attr, None) is app else None
