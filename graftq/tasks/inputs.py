@@ -11,6 +11,7 @@ from typing import Any
 from graftq.registry import references
 from graftq.registry.entity import Entity
 from graftq.registry.store import EntityRegistry
+from graftq.tasks import bounds
 from graftq.tasks.callables import CallableInfo
 
 
@@ -84,7 +85,7 @@ def prepare(store: EntityRegistry, info: CallableInfo, input_data: Mapping[str, 
         raise TypeError(
             f"input must be a dict of parameter name → value, got {type(input_data).__name__}"
         )
-    given = dict(input_data)
+    given = bounds.carried(store, info, input_data)  # too deep or not JSON: InvalidInput
     found: list[Entity] = []
     _swap(given, found.append)
     resolution = references.resolve(store, given)
