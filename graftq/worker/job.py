@@ -105,6 +105,8 @@ class Job:
 
 def _validation_error(exc: InvalidInput) -> Exception:
     """Pydantic's own ValidationError again, when its details survived the trip."""
+    if not exc.errors:  # refused before validation (too deep, not JSON): no details
+        return exc
     try:
         return pydantic_core.ValidationError.from_exception_data(
             exc.title or "input", [_line(error) for error in exc.errors or []]

@@ -20,6 +20,7 @@ from graftq.registry.store import EntityRegistry
 from graftq.settings import Settings
 from graftq.tasks.callables import CallableInfo
 from graftq.tasks.runner import Call, run_call
+from graftq.worker.guard import GUARDED_STRATEGY
 
 TASK_PREFIX = "graftq."
 PUBLISHED_TASK = "graftq.published"
@@ -110,6 +111,7 @@ def bind_published(
         reject_on_worker_lost=True,
         typing=False,
         shared=False,  # the task belongs to this App's Celery only
+        Strategy=GUARDED_STRATEGY,  # a message too deep for the pool fails its job, not the worker
     )(published)
 
 
@@ -134,4 +136,5 @@ def bind(
         time_limit=limit,
         typing=False,
         shared=False,  # two Apps in one process must not share task names
+        Strategy=GUARDED_STRATEGY,  # a message too deep for the pool fails its job, not the worker
     )(task)
