@@ -227,13 +227,25 @@ def flower(app_path: str, port: int, address: str, basic_auth: str | None, no_au
         )
     if no_auth and not basic_auth and address not in LOOPBACK:
         raise click.UsageError(f"--no-auth is refused on {address}: bind to 127.0.0.1 or add auth")
-    if basic_auth and not all(":" in pair for pair in basic_auth.split(",")):
-        raise click.BadParameter("--basic-auth must be user:password[,user:password]")
+    if basic_auth:
+        _check_credentials(basic_auth)
     app = load_app(app_path)
     argv = ["flower", f"--port={port}", f"--address={address}"]
     if basic_auth:
         argv.append(f"--basic-auth={basic_auth}")
     app.celery.start(argv)
+
+
+def _check_credentials(basic_auth: str) -> None:
+    """Every pair is user:password with neither empty: an empty one counts as no auth."""
+    for pair in basic_auth.split(","):
+        user, colon, password = pair.partition(":")
+        if not colon:
+            raise click.BadParameter("--basic-auth must be user:password[,user:password]")
+        if not user or not password:
+            raise click.BadParameter(
+                "--basic-auth has an empty user name or password, which would let anyone in"
+            )
 
 
 @main.command()
