@@ -20,6 +20,7 @@ from graftq.errors import EntityNotFound, GraftError
 from graftq.registry.entity import IDENTITY_FIELDS
 from graftq.registry.store import EntityRegistry, as_uuid
 from graftq.settings import Settings
+from graftq.worker.config import unlimited
 
 # Piped output is read by programs: never wrap or cut ids there.
 console = Console() if sys.stdout.isatty() else Console(width=10_000, soft_wrap=True)
@@ -78,6 +79,17 @@ def worker(
     if any(arg.startswith(("-P", "--pool")) for arg in ctx.args):
         raise click.UsageError("graftq workers always use the prefork pool; drop -P/--pool")
     app = load_app(app_path)
+    try:
+        unbounded = unlimited(app.callables.values(), app.settings.visibility_timeout)
+    except GraftError as exc:
+        raise click.UsageError(str(exc)) from None
+    if unbounded:
+        click.echo(
+            f"warning: {', '.join(unbounded)} have no time limit: a job running longer than the "
+            f"visibility timeout ({app.settings.visibility_timeout} s) is delivered again "
+            "while it runs (its commit still happens once)",
+            err=True,
+        )
     argv = ["worker", "--pool=prefork", f"--loglevel={loglevel}"]
     if concurrency:
         argv.append(f"--concurrency={concurrency}")

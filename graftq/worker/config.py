@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery
 
+from graftq.errors import GraftError
 from graftq.settings import Settings
+from graftq.tasks.callables import CallableInfo
+
+BACKSTOP = 30.0  # seconds Celery's hard limit adds to a callable's own time limit
 
 
 def make_celery(name: str, settings: Settings) -> Any:
@@ -39,3 +44,24 @@ def make_celery(name: str, settings: Settings) -> Any:
         enable_utc=True,
     )
     return celery
+
+
+def unlimited(callables: Iterable[CallableInfo], visibility_timeout: float) -> list[str]:
+    """Names of callables without a time limit; GraftError if one's limit reaches the timeout.
+
+    Redis redelivers an unacknowledged job after the visibility timeout, also while it
+    still runs: a limit (plus the hard-limit backstop) at or over it means duplicate runs.
+    """
+    too_long = [
+        f"{info.name!r} may run {info.time_limit + BACKSTOP:g} s (time_limit "
+        f"{info.time_limit:g} s + {BACKSTOP:g} s hard-limit backstop)"
+        for info in callables
+        if info.time_limit is not None and info.time_limit + BACKSTOP >= visibility_timeout
+    ]
+    if too_long:
+        raise GraftError(
+            f"{'; '.join(too_long)}: not below GRAFTQ_VISIBILITY_TIMEOUT={visibility_timeout:g} s, "
+            "so Redis would deliver such a job again while it runs; raise the visibility "
+            "timeout or lower the time limit"
+        )
+    return sorted(info.name for info in callables if info.time_limit is None)

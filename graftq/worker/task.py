@@ -20,13 +20,13 @@ from graftq.registry.store import EntityRegistry
 from graftq.settings import Settings
 from graftq.tasks.callables import CallableInfo
 from graftq.tasks.runner import Call, run_call
+from graftq.worker.config import BACKSTOP
 from graftq.worker.guard import GUARDED_STRATEGY
 
 TASK_PREFIX = "graftq."
 PUBLISHED_TASK = "graftq.published"
 META = "_graftq"
 INPUT_KEYWORD = "input_data"  # parameter names cannot start with "_", so this never clashes
-BACKSTOP = 30.0  # seconds Celery's hard limit adds to a callable's own time limit
 
 
 def task_name(callable_name: str) -> str:
