@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import redis
 from celery.signals import worker_process_init
 
 from graftq.errors import UnknownCallable
@@ -17,6 +16,7 @@ from graftq.settings import Settings
 from graftq.tasks.callables import CallableInfo, CallableRegistry
 from graftq.tasks.runner import Call, local_worker, run_call
 from graftq.worker.config import make_celery
+from graftq.worker.connections import reachable, redis_client
 from graftq.worker.job import Job, submit
 from graftq.worker.publish import Functions
 from graftq.worker.task import PUBLISHED_TASK, bind, bind_published, run_job, task_name
@@ -66,9 +66,7 @@ class App:
             return self._entities
 
     def _connect(self) -> EntityRegistry:
-        client = redis.Redis.from_url(
-            self.settings.redis_url, decode_responses=True, health_check_interval=30
-        )
+        client = redis_client(self.settings.redis_url, self.settings)
         return EntityRegistry(
             client, prefix=self.settings.key_prefix, max_retries=self.settings.commit_retries
         )
@@ -95,13 +93,13 @@ class App:
 
     def execute(self, name: str, input_data: Mapping[str, Any]) -> Any:
         """Run now in this process (isolated), commit, and return the typed result."""
-        info = self.callable(name)
         call = Call(
             execution_id=str(uuid.uuid4()),
             worker=local_worker(),
             max_reruns=self.settings.max_reruns,
         )
-        return run_call(self.entities, info, input_data, call).value
+        with reachable(self.settings):
+            return run_call(self.entities, self.callable(name), input_data, call).value
 
     async def aexecute(self, name: str, input_data: Mapping[str, Any]) -> Any:
         """`execute` without blocking the event loop."""
@@ -112,14 +110,21 @@ class App:
 
         `celery_options` go to `send_task` (countdown, queue, time_limit, task_id, ...).
         """
-        info = self.callable(name)
-        task, meta = task_name(name), None
-        if info.published:
-            task, meta = PUBLISHED_TASK, {"name": info.name, "version": info.version}
-        store = self._store
-        return submit(
-            self.celery, store, info, input_data, task=task, meta=meta, options=celery_options
-        )
+        with reachable(self.settings):
+            info = self.callable(name)
+            task, meta = task_name(name), None
+            if info.published:
+                task, meta = PUBLISHED_TASK, {"name": info.name, "version": info.version}
+            return submit(
+                self.celery,
+                self._store,
+                info,
+                input_data,
+                task=task,
+                meta=meta,
+                options=celery_options,
+                settings=self.settings,
+            )
 
     async def asubmit(self, name: str, input_data: Mapping[str, Any], **celery_options: Any) -> Job:
         """`submit` without blocking the event loop."""
@@ -127,7 +132,8 @@ class App:
 
     def job(self, job_id: str, name: str) -> Job:
         """A handle on an earlier job of callable `name`."""
-        return Job(self.celery.AsyncResult(job_id), self.callable(name), self._store)
+        info = self.callable(name)
+        return Job(self.celery.AsyncResult(job_id), info, self._store, self.settings)
 
     def publish(self, func: Callable[..., Any], name: str | None = None) -> str:
         """Ship `func` to workers that do not have it in code; returns its content version."""

@@ -11,6 +11,7 @@ from typing import Any
 import click
 import pydantic
 import redis
+from kombu.exceptions import OperationalError
 from rich.console import Console
 from rich.table import Table
 
@@ -21,6 +22,7 @@ from graftq.registry.entity import IDENTITY_FIELDS
 from graftq.registry.store import EntityRegistry, as_uuid
 from graftq.settings import Settings
 from graftq.worker.config import unlimited
+from graftq.worker.connections import redis_client, unreachable
 
 # Piped output is read by programs: never wrap or cut ids there.
 console = Console() if sys.stdout.isatty() else Console(width=10_000, soft_wrap=True)
@@ -51,10 +53,24 @@ def load_app(path: str) -> App:
     app = getattr(module, attr)
     if not isinstance(app, App):
         raise click.BadParameter(f"{path!r} is {type(app).__name__}, not a graftq App")
+    click.get_current_context().meta[SETTINGS] = app.settings
     return app
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+SETTINGS = "graftq.settings"  # click context meta: the settings of the store or App in use
+
+
+class Commands(click.Group):
+    """The command group; a server that does not answer becomes `Unreachable`, naming it."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
+            raise unreachable(ctx.meta.get(SETTINGS) or Settings.from_env(), exc) from exc
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(graftq.__version__, prog_name="graftq")
 def main() -> None:
     """Typed functions on Celery workers over versioned Pydantic entities in Redis."""
@@ -140,8 +156,8 @@ def open_store(app_path: str | None) -> EntityRegistry:
     if app_path:
         return load_app(app_path).entities
     settings = Settings.from_env()
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    return EntityRegistry(client, prefix=settings.key_prefix)
+    click.get_current_context().meta[SETTINGS] = settings
+    return EntityRegistry(redis_client(settings.redis_url, settings), prefix=settings.key_prefix)
 
 
 @main.command()
@@ -285,8 +301,6 @@ def run() -> None:
         main(standalone_mode=True)
     except (GraftError, pydantic.ValidationError) as exc:
         click.echo(f"error: {exc}", err=True)
-    except redis.ConnectionError as exc:
-        click.echo(f"error: cannot reach Redis: {exc}", err=True)
     # Exit outside the handler, so the error (and the job it may hold) is freed first.
     sys.exit(1)
 

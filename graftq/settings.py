@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     broker_url                  GRAFTQ_BROKER_URL             the Redis URL
     result_backend              GRAFTQ_RESULT_BACKEND         the Redis URL
     visibility_timeout          GRAFTQ_VISIBILITY_TIMEOUT     3600 (seconds)
-    connect_timeout             GRAFTQ_CONNECT_TIMEOUT        5 (seconds, see below)
+    connect_timeout             GRAFTQ_CONNECT_TIMEOUT        9 (seconds, see below)
     signing_key                 GRAFTQ_SIGNING_KEY            none: publishing refused
     key_prefix                  GRAFTQ_KEY_PREFIX             graftq
     max_reruns                  GRAFTQ_MAX_RERUNS             10 (re-runs on head moves)
@@ -67,10 +67,9 @@ class Settings(BaseSettings):
     result_expires              GRAFTQ_RESULT_EXPIRES         86400 (seconds)
     =========================== ============================= ==========================
 
-    `connect_timeout` bounds every wait on Redis, the broker and the result backend:
-    a connection attempt or a reply that takes longer is given up, so `submit`,
-    `execute`, `Job.get` and the CLI report an unreachable server (`Unreachable`,
-    naming the URL) instead of hanging; see `graftq.worker.config`.
+    `connect_timeout` is the longest `submit`, `execute`, `Job.get` and the CLI wait
+    on a Redis or broker that does not answer before they raise `Unreachable`,
+    naming the URL (see `graftq.worker.connections`).
     """
 
     model_config = SettingsConfigDict(
@@ -81,7 +80,7 @@ class Settings(BaseSettings):
     broker_url: Annotated[str | None, AfterValidator(_any_url)] = None
     result_backend: Annotated[str | None, AfterValidator(_any_url)] = None
     visibility_timeout: Seconds = 3600
-    connect_timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
+    connect_timeout: Annotated[float, Field(gt=0, le=300)] = 9.0
     signing_key: Annotated[str | None, Field(repr=False)] = None  # never in logs
     key_prefix: Annotated[str, AfterValidator(_prefix)] = "graftq"
     max_reruns: Annotated[int, Field(ge=0)] = 10

@@ -10,6 +10,7 @@ from celery import Celery
 from graftq.errors import GraftError
 from graftq.settings import Settings
 from graftq.tasks.callables import CallableInfo
+from graftq.worker.connections import celery_timeouts
 
 BACKSTOP = 30.0  # seconds Celery's hard limit adds to a callable's own time limit
 
@@ -19,10 +20,10 @@ def make_celery(name: str, settings: Settings) -> Any:
 
     JSON only (no pickle from the broker), late acks with reject-on-worker-lost
     so a killed worker's job is redelivered, prefetch 1 so a long job does not
-    hold others back, task events for Flower, and results that expire.
+    hold others back, task events for Flower, results that expire, and every
+    broker and backend wait bounded by the connect timeout.
     """
     celery = Celery(name, broker=settings.broker, backend=settings.backend, set_as_current=False)
-    transport = {"visibility_timeout": settings.visibility_timeout}
     celery.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -37,11 +38,10 @@ def make_celery(name: str, settings: Settings) -> Any:
         task_track_started=True,
         result_expires=settings.result_expires,
         result_extended=True,
-        broker_transport_options=transport,
-        result_backend_transport_options=transport,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         enable_utc=True,
+        **celery_timeouts(settings),
     )
     return celery
 

@@ -12,9 +12,11 @@ import pydantic_core
 
 from graftq.errors import InvalidInput, JobTimeout, TimeLimitExceeded
 from graftq.registry.store import EntityRegistry
+from graftq.settings import Settings
 from graftq.tasks import results
 from graftq.tasks.callables import CallableInfo
 from graftq.tasks.inputs import prepare
+from graftq.worker.connections import reachable
 from graftq.worker.task import META
 
 
@@ -36,11 +38,16 @@ class Job:
     """A submitted job. `id` is the Celery task id, which is also the execution id."""
 
     def __init__(
-        self, result: Any, info: CallableInfo, store: Callable[[], EntityRegistry]
+        self,
+        result: Any,
+        info: CallableInfo,
+        store: Callable[[], EntityRegistry],
+        settings: Settings,
     ) -> None:
         self._result = result
         self._info = info
         self._store = store
+        self._settings = settings
 
     def __repr__(self) -> str:
         return f"<graftq.Job {self.id} {self._info.name} {self.status}>"
@@ -56,7 +63,8 @@ class Job:
     @property
     def status(self) -> str:
         """PENDING, STARTED, RETRY, SUCCESS, FAILURE (or REVOKED)."""
-        return str(self._result.state)
+        with reachable(self._settings):
+            return str(self._result.state)
 
     @property
     def done(self) -> bool:
@@ -70,7 +78,8 @@ class Job:
         `JobTimeout` after `timeout` seconds.
         """
         try:
-            payload = self._result.get(timeout=timeout, propagate=True)
+            with reachable(self._settings):
+                payload = self._result.get(timeout=timeout, propagate=True)
         except celery.exceptions.TimeoutError:
             # Celery keeps a waited-on result alive until it resolves; let go of it
             # (a later get() registers it again) so nothing lingers past shutdown.
@@ -85,7 +94,8 @@ class Job:
             ) from None
         except InvalidInput as exc:
             raise _validation_error(exc) from None
-        return results.replay(self._store(), self._info, payload["result"], payload["outputs"])
+        with reachable(self._settings):
+            return results.replay(self._store(), self._info, payload["result"], payload["outputs"])
 
     async def aget(self, timeout: float | None = None, poll: float = 0.05) -> Any:
         """`get` without blocking the event loop (polls the result backend)."""
@@ -135,6 +145,7 @@ def submit(
     task: str,
     meta: Mapping[str, Any] | None = None,
     options: Mapping[str, Any] | None = None,
+    settings: Settings,
 ) -> Job:
     """Resolve and validate now, then enqueue; on any error nothing is enqueued.
 
@@ -147,4 +158,4 @@ def submit(
     result = celery_app.send_task(
         task, args=[prepared.given], kwargs={META: message_meta}, **dict(options or {})
     )
-    return Job(result, info, store)
+    return Job(result, info, store, settings)
