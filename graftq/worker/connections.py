@@ -55,6 +55,9 @@ def celery_timeouts(settings: Settings) -> dict[str, Any]:
         "visibility_timeout": settings.visibility_timeout,
         "socket_timeout": timeout,  # kombu: publish and other synchronous commands
         "socket_connect_timeout": timeout,
+        # Sweep for jobs of dead workers every 10 s, not every 100 s (kombu's default
+        # throttle): redelivery then comes within visibility timeout + 10 s.
+        "unacked_restore_throttle": 1,
     }
     return {
         "broker_connection_timeout": timeout,
