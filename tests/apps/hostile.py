@@ -65,18 +65,6 @@ def make_app(name: str = "school") -> App:
     def tag_count(tags: set[int]) -> int:
         return len(tags)
 
-    @app.register
-    def detach(pid_file: str) -> int:
-        """Leave a grandchild behind that escaped with setsid and a double fork."""
-        return leave_orphan(pid_file)
-
-    @app.register(time_limit=2.0)
-    def detach_and_hang(pid_file: str) -> int:
-        """Like detach, then run past the time limit."""
-        leave_orphan(pid_file)
-        time.sleep(600)
-        return 0
-
     return app
 
 

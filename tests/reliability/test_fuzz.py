@@ -3,7 +3,7 @@ ValidationError come out, a refused input writes and enqueues nothing, nothing h
 and the worker is alive afterwards.
 
 Examples per test: GRAFTQ_FUZZ_EXAMPLES (CI: a few hundred in all); the bench mode is
-``GRAFTQ_FUZZ_EXAMPLES=10000 pytest tests/reliability/test_fuzz.py -p no:timeout``.
+``GRAFTQ_FUZZ_EXAMPLES=10000 pytest tests/reliability/test_fuzz.py --timeout 0 -s``.
 Each test prints its outcomes by exception type.
 """
 
