@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from celery.signals import worker_process_init
@@ -17,7 +17,7 @@ from graftq.tasks.callables import CallableInfo, CallableRegistry
 from graftq.tasks.runner import Call, local_worker, run_call
 from graftq.worker.config import make_celery
 from graftq.worker.connections import reachable, redis_client
-from graftq.worker.job import Job, submit
+from graftq.worker.job import Job, submit, submit_many
 from graftq.worker.publish import Functions
 from graftq.worker.task import PUBLISHED_TASK, bind, bind_published, run_job, task_name
 
@@ -96,7 +96,7 @@ class App:
         call = Call(
             execution_id=str(uuid.uuid4()),
             worker=local_worker(),
-            max_reruns=self.settings.max_reruns,
+            rerun_timeout=self.settings.rerun_timeout,
         )
         with reachable(self.settings):
             return run_call(self.entities, self.callable(name), input_data, call).value
@@ -112,23 +112,35 @@ class App:
         """
         with reachable(self.settings):
             info = self.callable(name)
-            task, meta = task_name(name), None
-            if info.published:
-                task, meta = PUBLISHED_TASK, {"name": info.name, "version": info.version}
+            task, meta = self._task_of(info)
             return submit(
-                self.celery,
-                self._store,
-                info,
-                input_data,
-                task=task,
-                meta=meta,
-                options=celery_options,
-                settings=self.settings,
-            )
+                self.celery, self._store, info, input_data, task=task, meta=meta,
+                options=self._options_of(info, celery_options), settings=self.settings,
+            )  # fmt: skip
 
     async def asubmit(self, name: str, input_data: Mapping[str, Any], **celery_options: Any) -> Job:
         """`submit` without blocking the event loop."""
         return await asyncio.to_thread(self.submit, name, input_data, **celery_options)
+
+    def submit_many(
+        self, name: str, inputs: Sequence[Mapping[str, Any]], **celery_options: Any
+    ) -> list[Job]:
+        """Submit a batch: every input is resolved and validated first (the references of
+        the whole batch in one read), then all are enqueued in one go. A bad input raises
+        an error naming its index, and nothing is enqueued."""
+        with reachable(self.settings):
+            info = self.callable(name)
+            task, meta = self._task_of(info)
+            return submit_many(
+                self.celery, self._store, info, inputs, task=task, meta=meta,
+                options=self._options_of(info, celery_options), settings=self.settings,
+            )  # fmt: skip
+
+    async def asubmit_many(
+        self, name: str, inputs: Sequence[Mapping[str, Any]], **celery_options: Any
+    ) -> list[Job]:
+        """`submit_many` without blocking the event loop."""
+        return await asyncio.to_thread(self.submit_many, name, inputs, **celery_options)
 
     def job(self, job_id: str, name: str) -> Job:
         """A handle on an earlier job of callable `name`."""
@@ -156,6 +168,21 @@ class App:
         return info
 
     # -- the worker side ---------------------------------------------------------
+
+    @staticmethod
+    def _task_of(info: CallableInfo) -> tuple[str, dict[str, str] | None]:
+        """The Celery task that runs `info`, and the `_graftq` meta its messages carry."""
+        if info.published:
+            return PUBLISHED_TASK, {"name": info.name, "version": info.version}
+        return task_name(info.name), None
+
+    @staticmethod
+    def _options_of(info: CallableInfo, celery_options: dict[str, Any]) -> dict[str, Any]:
+        """`celery_options`, and for a published function its name for Flower and logs
+        (Celery's shadow name), which would otherwise say "graftq.published"."""
+        if info.published:
+            return {"shadow": task_name(info.name), **celery_options}
+        return celery_options
 
     def _store(self) -> EntityRegistry:
         return self.entities

@@ -7,6 +7,7 @@ came from, with what was wrong. An empty variable counts as unset.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -62,7 +63,7 @@ class Settings(BaseSettings):
     connect_timeout             GRAFTQ_CONNECT_TIMEOUT        9 (seconds, see below)
     signing_key                 GRAFTQ_SIGNING_KEY            none: publishing refused
     key_prefix                  GRAFTQ_KEY_PREFIX             graftq
-    max_reruns                  GRAFTQ_MAX_RERUNS             10 (re-runs on head moves)
+    rerun_timeout               GRAFTQ_RERUN_TIMEOUT          60 (seconds of re-runs on head moves)
     commit_retries              GRAFTQ_COMMIT_RETRIES         16 (WatchError retries)
     result_expires              GRAFTQ_RESULT_EXPIRES         86400 (seconds)
     =========================== ============================= ==========================
@@ -83,13 +84,14 @@ class Settings(BaseSettings):
     connect_timeout: Annotated[float, Field(gt=0, le=300)] = 9.0
     signing_key: Annotated[str | None, Field(repr=False)] = None  # never in logs
     key_prefix: Annotated[str, AfterValidator(_prefix)] = "graftq"
-    max_reruns: Annotated[int, Field(ge=0)] = 10
+    rerun_timeout: Annotated[float, Field(ge=0)] = 60.0  # 0: no re-runs
     commit_retries: Annotated[int, Field(gt=0)] = 16
     result_expires: Seconds = 86400
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> Settings:
-        """Settings from `GRAFTQ_*` variables; keyword arguments that are not None win."""
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from `GRAFTQ_*` variables (of `env`, else the process environment);
+        keyword arguments that are not None win."""
         given = {key: value for key, value in overrides.items() if value is not None}
         unknown = set(given) - set(cls.model_fields)
         if unknown:
@@ -98,7 +100,13 @@ class Settings(BaseSettings):
                 f"known: {', '.join(cls.model_fields)}"
             )
         try:
-            return cls(**given)
+            if env is None:
+                return cls(**given)
+            # Every field given, so pydantic-settings reads no process variable.
+            values = {name: field.get_default() for name, field in cls.model_fields.items()}
+            for name in cls.model_fields:
+                values[name] = env.get(f"GRAFTQ_{name.upper()}") or values[name]
+            return cls(**{**values, **given})
         except pydantic.ValidationError as exc:
             raise InvalidSetting(_explain(exc, given)) from None
 

@@ -108,8 +108,8 @@ def _json_form(value: Any, where: str, changed: list[str]) -> Any:
         raise InvalidInput(f"parameter {where!r}: {value} has no JSON form")
     if type(value) in _PLAIN:
         return value
-    if type(value) not in (dict, list, tuple):
-        changed.append(where)  # a subclass (OrderedDict, IntEnum, ...) arrives as its base
+    if type(value) not in (dict, list):
+        changed.append(where)  # a tuple arrives a list, a subclass (IntEnum, ...) its base
     if isinstance(value, dict):
         if value.keys() == ENVELOPE:
             raise InvalidInput(
@@ -117,7 +117,7 @@ def _json_form(value: Any, where: str, changed: list[str]) -> Any:
                 "is reserved by the broker's JSON (it would arrive decoded as another type)"
             )
         return {_key(k, where, changed): _json_form(v, where, changed) for k, v in value.items()}
-    if isinstance(value, list | tuple):  # a tuple is a list after resolution either way
+    if isinstance(value, list | tuple):
         return [_json_form(item, where, changed) for item in value]
     try:
         return pydantic_core.to_jsonable_python(value)

@@ -18,7 +18,7 @@ from typing import Any
 import pydantic
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from graftq import App, GraftError
@@ -203,6 +203,7 @@ def test_fuzz_raw_send_task(app: App, fuzz_worker: Node, outcomes: Counter[str])
 
     @examples(ci=40)
     @given(body=bodies)
+    @example(body=("anything", [], {"value": None}))  # once answered with a KeyError
     def run(body: tuple[str, list[Any], dict[str, Any]]) -> None:
         name, args, kwargs = body
         result = app.celery.send_task(f"graftq.{name}", args=args, kwargs=kwargs)

@@ -16,7 +16,7 @@ BAD = [
     ("CONNECT_TIMEOUT", "-1", "greater than 0"),
     ("CONNECT_TIMEOUT", "soon", "number"),
     ("KEY_PREFIX", "my app", "whitespace"),
-    ("MAX_RERUNS", "-1", "greater than or equal to 0"),
+    ("RERUN_TIMEOUT", "-1", "greater than or equal to 0"),
     ("COMMIT_RETRIES", "0", "greater than 0"),
     ("RESULT_EXPIRES", "1.5", "integer"),
 ]
@@ -40,8 +40,8 @@ def test_a_bad_variable_is_refused_naming_it(
 
 
 def test_a_bad_argument_is_named_as_an_argument() -> None:
-    with pytest.raises(InvalidSetting, match=r"App\(max_reruns=\.\.\.\)"):
-        Settings.from_env(max_reruns=-3)
+    with pytest.raises(InvalidSetting, match=r"App\(rerun_timeout=\.\.\.\)"):
+        Settings.from_env(rerun_timeout=-3)
     with pytest.raises(InvalidSetting, match="unknown settings: visiblity_timeout"):
         Settings.from_env(visiblity_timeout=10)
 
@@ -63,3 +63,13 @@ def test_settings_are_frozen_and_keep_the_key_out_of_their_repr() -> None:
     assert "s3cret" not in repr(settings)
     with pytest.raises(Exception, match="frozen"):
         settings.key_prefix = "other"  # type: ignore[misc]
+
+
+def test_an_explicit_mapping_is_read_instead_of_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GRAFTQ_KEY_PREFIX", "from-process")
+    settings = Settings.from_env({"GRAFTQ_RERUN_TIMEOUT": "90", "GRAFTQ_CONNECT_TIMEOUT": ""})
+    assert settings.rerun_timeout == 90.0 and settings.key_prefix == "graftq"
+    with pytest.raises(InvalidSetting, match="GRAFTQ_RESULT_EXPIRES='soon'"):
+        Settings.from_env({"GRAFTQ_RESULT_EXPIRES": "soon"})

@@ -46,6 +46,7 @@ NOT_CARRIED: list[tuple[str, Any]] = [
     ("nan", float("nan")),
     ("datetime in Any", datetime(2024, 1, 1, tzinfo=UTC)),
     ("IntEnum in Any", Color.RED),
+    ("tuple in Any", (1, 2)),
     ("int dict key", {1: "one"}),
     ("tuple dict key", {(1, 2): "pair"}),
     ("nested set", {"a": [{"b": {3}}]}),
@@ -74,7 +75,6 @@ def test_values_that_round_trip_through_their_parameter_type_pass(app: App) -> N
     moment = datetime(2024, 5, 1, 12, 30, tzinfo=UTC)
     assert app.execute("when", {"at": moment}) == moment.isoformat()
     assert app.execute("tag_count", {"tags": {1, 2, 3}}) == 3
-    assert app.execute("anything", {"value": (1, 2)}) == "list"  # JSON has one sequence
     assert app.execute("deep", {"value": nested(MAX_DEPTH)}) == 1
 
 
