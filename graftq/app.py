@@ -1,4 +1,10 @@
-"""`App`: the one object users create; it ties the store, callables and Celery together."""
+"""`App`: the one object users create; it ties the store, callables and Celery together.
+
+Celery, kombu and redis-py are imported when first used, not by `import graftq`:
+the module that defines an App and its entities must import light, because each
+worker pool process imports it again in its fork server (`graftq.tasks.zygote`),
+whose forks are cheaper the less it holds.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +12,19 @@ import asyncio
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
-
-from celery.signals import worker_process_init, worker_process_shutdown
+from typing import TYPE_CHECKING, Any
 
 from graftq.errors import UnknownCallable
 from graftq.registry.store import EntityRegistry
 from graftq.settings import Settings
 from graftq.tasks.callables import CallableInfo, CallableRegistry
 from graftq.tasks.runner import Call, local_worker, run_call
-from graftq.worker.config import make_celery
-from graftq.worker.connections import reachable, redis_client
-from graftq.worker.job import Job, submit, submit_many
-from graftq.worker.pool import ForkServer
-from graftq.worker.publish import Functions
-from graftq.worker.task import PUBLISHED_TASK, bind, bind_published, run_job, task_name
+from graftq.worker.message import PUBLISHED_TASK, task_name
+
+if TYPE_CHECKING:
+    from graftq.worker.job import Job
+    from graftq.worker.pool import ForkServer
+    from graftq.worker.publish import Functions
 
 
 class App:
@@ -41,22 +45,45 @@ class App:
     ) -> None:
         self.name = name
         self.settings = settings or Settings.from_env(redis_url=redis_url, **options)
-        self.celery = make_celery(name, self.settings)
         self.callables = CallableRegistry(on_add=self._bind)
         # `@app.register`, `@app.register("name")`, `@app.register(name=..., isolation=...,
         # time_limit=..., cache=...)`: every registered function is traced automatically.
         self.register = self.callables.register
         self._entities: EntityRegistry | None = None
         self._functions: Functions | None = None
-        self._lock = threading.Lock()
-        bind_published(self.celery, self._run_published)
-        # Each worker pool child makes its own Redis connections (never inherited).
-        self._fork_server = ForkServer(self)
-        worker_process_init.connect(self._on_worker_process_init)  # weak: Apps can be freed
-        worker_process_shutdown.connect(self._on_worker_process_shutdown)
+        self._celery: Any = None
+        self._fork_server: ForkServer | None = None
+        self._lock = threading.RLock()
 
     def __repr__(self) -> str:
         return f"<graftq.App {self.name!r} redis={self.settings.redis_url}>"
+
+    @property
+    def celery(self) -> Any:
+        """The `celery.Celery` behind this App (made on first use, with every callable a task)."""
+        with self._lock:
+            if self._celery is None:
+                self._celery = self._make_celery()
+            return self._celery
+
+    def _make_celery(self) -> Any:
+        from celery.signals import worker_process_init, worker_process_shutdown
+
+        from graftq.worker.config import make_celery
+        from graftq.worker.pool import ForkServer
+        from graftq.worker.task import bind, bind_published
+
+        celery = make_celery(self.name, self.settings)
+        bind_published(celery, self._run_published)
+        for info in self.callables.values():
+            if not info.published:
+                bind(celery, info, self._run_job)
+        # Each worker pool process makes its own Redis connections (never inherited)
+        # and its own fork server.
+        self._fork_server = ForkServer(self)
+        worker_process_init.connect(self._on_worker_process_init)  # weak: Apps can be freed
+        worker_process_shutdown.connect(self._on_worker_process_shutdown)
+        return celery
 
     # -- the store -------------------------------------------------------------
 
@@ -69,6 +96,8 @@ class App:
             return self._entities
 
     def _connect(self) -> EntityRegistry:
+        from graftq.worker.connections import redis_client
+
         client = redis_client(self.settings.redis_url, self.settings)
         return EntityRegistry(
             client, prefix=self.settings.key_prefix, max_retries=self.settings.commit_retries
@@ -77,6 +106,8 @@ class App:
     @property
     def functions(self) -> Functions:
         """Functions published at run time, signed with the settings' signing key."""
+        from graftq.worker.publish import Functions
+
         store = self.entities
         with self._lock:
             if self._functions is None:
@@ -91,15 +122,19 @@ class App:
 
     def _on_worker_process_init(self, **_: Any) -> None:
         self.reconnect()
-        self._fork_server.start()
+        if self._fork_server is not None:
+            self._fork_server.start()
 
     def _on_worker_process_shutdown(self, **_: Any) -> None:
-        self._fork_server.stop()
+        if self._fork_server is not None:
+            self._fork_server.stop()
 
     # -- callables -------------------------------------------------------------
 
     def execute(self, name: str, input_data: Mapping[str, Any]) -> Any:
         """Run now in this process (isolated), commit, and return the typed result."""
+        from graftq.worker.connections import reachable
+
         call = Call(
             execution_id=str(uuid.uuid4()),
             worker=local_worker(),
@@ -117,6 +152,9 @@ class App:
 
         `celery_options` go to `send_task` (countdown, queue, time_limit, task_id, ...).
         """
+        from graftq.worker.connections import reachable
+        from graftq.worker.job import submit
+
         with reachable(self.settings):
             info = self.callable(name)
             task, meta = self._task_of(info)
@@ -135,6 +173,9 @@ class App:
         """Submit a batch: every input is resolved and validated first (the references of
         the whole batch in one read), then all are enqueued in one go. A bad input raises
         an error naming its index, and nothing is enqueued."""
+        from graftq.worker.connections import reachable
+        from graftq.worker.job import submit_many
+
         with reachable(self.settings):
             info = self.callable(name)
             task, meta = self._task_of(info)
@@ -151,6 +192,8 @@ class App:
 
     def job(self, job_id: str, name: str) -> Job:
         """A handle on an earlier job of callable `name`."""
+        from graftq.worker.job import Job
+
         info = self.callable(name)
         return Job(self.celery.AsyncResult(job_id), info, self._store, self.settings)
 
@@ -195,10 +238,16 @@ class App:
         return self.entities
 
     def _bind(self, info: CallableInfo) -> None:
-        bind(self.celery, info, self._run_job)
+        """Make a newly registered callable a task, once there is a Celery app to hold it."""
+        if self._celery is not None:
+            from graftq.worker.task import bind
+
+            bind(self._celery, info, self._run_job)
 
     def _run_job(self, info: CallableInfo, request: Any, input_data: dict[str, Any]) -> Any:
-        zygote = self._fork_server.get()
+        from graftq.worker.task import run_job
+
+        zygote = None if self._fork_server is None else self._fork_server.get()
         return run_job(self.entities, info, self.settings, request, input_data, zygote=zygote)
 
     def _run_published(self, request: Any, input_data: dict[str, Any], meta: dict[str, Any]) -> Any:

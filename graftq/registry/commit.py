@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
-import redis
-
 from graftq.errors import InvalidEntity, VersionConflict
 from graftq.registry import diff, index, retention
 from graftq.registry.diff import Plan, Version
@@ -158,6 +156,8 @@ class _State:
 
 def attempt(client: Any, keys: Keys, request: Request) -> Outcome | Retry:
     """One try at committing; `client` is a redis.Redis or an overlay with its methods."""
+    from redis import WatchError  # here, not at the top: `import graftq` stays light
+
     reads = _Reads.of(keys, request)
     with client.pipeline(transaction=True) as pipe:
         try:
@@ -186,12 +186,12 @@ def attempt(client: Any, keys: Keys, request: Request) -> Outcome | Retry:
             pipe.multi()
             _write(client, keys, request, plan, moved, recorded, pipe=pipe)
             retention.note_reads(keys, state.pruning, reads.ids, pipeline=pipe)
-        except redis.WatchError:
+        except WatchError:
             return Retry(frozenset(reads.lineages))
         outcome = Outcome(plan, entities, recorded, branched=bool(moved))
         try:
             pipe.execute()
-        except redis.WatchError:
+        except WatchError:
             if _landed(client, keys, plan, recorded):
                 return outcome
             return Retry(frozenset(reads.lineages))

@@ -10,9 +10,10 @@ both, and holds its Redis client privately: no store handle a body can reach wri
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import redis
+if TYPE_CHECKING:  # redis-py is imported where used: `import graftq` stays light
+    import redis
 
 _isolated = False
 

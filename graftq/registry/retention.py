@@ -32,15 +32,16 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
-
-import redis
+from typing import TYPE_CHECKING, Any, cast
 
 from graftq.errors import GraftError
 from graftq.registry.execution import Execution
 from graftq.registry.index import lineage_batches, stored_types
 from graftq.registry.keys import Keys
 from graftq.registry.tree import decode_doc
+
+if TYPE_CHECKING:  # redis-py is imported where used: `import graftq` stays light
+    import redis
 
 # Atomically: unless a commit listed one of the versions as read during this prune,
 # delete them, their history entries and the execution records, and end the prune.
@@ -156,6 +157,8 @@ class Pruner:
 
     def finish(self) -> None:
         """Withdraw the announcement if it is still ours (after a failure)."""
+        from redis import WatchError
+
         with self._client.pipeline(transaction=True) as pipe:
             try:
                 pipe.watch(self._keys.prune)
@@ -163,7 +166,7 @@ class Pruner:
                     pipe.multi()
                     pipe.delete(self._keys.prune, self._keys.prune_reads(self.run))
                     pipe.execute()
-            except redis.WatchError:
+            except WatchError:
                 pass
 
     def plan(self, also_needed: Iterable[str] = ()) -> Plan:

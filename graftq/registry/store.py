@@ -11,7 +11,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from uuid import UUID
 
-import redis
+if typing.TYPE_CHECKING:  # redis-py is imported where used: `import graftq` stays light
+    import redis
 
 from graftq.errors import EntityNotFound, InvalidReference, IsolationError, VersionConflict
 from graftq.registry import commit, index, overlay, references, retention
@@ -130,7 +131,7 @@ class EntityRegistry:
     @property
     def client(self) -> redis.Redis:
         """The Redis client (inside an isolated call: the private overlay)."""
-        return typing.cast(redis.Redis, self._client)
+        return typing.cast("redis.Redis", self._client)
 
     @property
     def isolated(self) -> bool:
@@ -401,7 +402,7 @@ class EntityRegistry:
         try:
             if self._client.get(key) is not None:
                 hint = f" ({uid} is a {other} id; use {'head' if other == 'lineage' else 'get'}())"
-        except redis.RedisError:  # pragma: no cover - the hint is best effort
+        except Exception:  # pragma: no cover - the hint is best effort
             pass
         return f"no entity {kind} {uid} in the store{hint}"
 

@@ -52,6 +52,8 @@ _RESULT, _ERROR = b"R", b"E"
 _HEADER = struct.Struct("!cQ")
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_NAME = 15
+CALL_NAME = b"graftq-call"  # the process name (`ps -o comm`) of a child running a call
 _SWEEP_ROUNDS = 1000  # bounds the kill-and-reap loops against a call that forks without end
 _EXIT_FAILED = 70  # EX_SOFTWARE: the child could not even write its frame
 _POLL_SLICE = 0.5  # seconds between checks that the child is still alive
@@ -301,6 +303,7 @@ def _child(
         if prctl is not None:
             prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
             prctl(_PR_SET_CHILD_SUBREAPER, 1)
+            prctl(_PR_SET_NAME, CALL_NAME)
         if os.getppid() != parent_pid:  # the parent died before prctl took effect
             os._exit(_EXIT_FAILED)
         _reset_child_state()

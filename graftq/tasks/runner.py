@@ -22,7 +22,6 @@ from typing import Any
 
 import pydantic
 import pydantic_core
-import redis
 
 from graftq.errors import GraftError, ReturnTypeError, VersionConflict
 from graftq.registry.execution import Execution, ExecutionStatus
@@ -146,8 +145,8 @@ class _Run:
         )
         try:
             self.store.commit([], execution=failed)
-        except redis.RedisError:  # the run's own error matters more than its record
-            log.warning("could not record failed execution %s", self.call.execution_id)
+        except Exception:  # the run's own error matters more than its record (Redis down?)
+            log.warning("no record of failed execution %s", self.call.execution_id, exc_info=True)
 
 
 def _same_job(done: Execution, info: CallableInfo, digest: str) -> Execution:

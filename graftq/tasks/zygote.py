@@ -250,6 +250,7 @@ def _serve(app_path: str, control: socket.socket, data: socket.socket) -> None:
     if prctl is not None:
         prctl(isolation._PR_SET_PDEATHSIG, int(signal.SIGKILL))
         prctl(isolation._PR_SET_CHILD_SUBREAPER, 1)
+        prctl(isolation._PR_SET_NAME, b"graftq-zygote")
     module_name, _, attr = app_path.partition(":")
     app = getattr(importlib.import_module(module_name), attr)
     _send(control, _READY, b"")
@@ -311,9 +312,13 @@ def _child(feed: int, data: socket.socket, app: Any) -> NoReturn:
             prctl(isolation._PR_SET_CHILD_SUBREAPER, 1)
         isolation._reset_child_state()
         isolation._neutralize_sockets(keep=data.fileno())
+        if prctl is not None:
+            prctl(isolation._PR_SET_NAME, b"graftq-spare")
         raw = _read_all(feed)
         if not raw:  # the zygote is stopping: no call came
             os._exit(0)
+        if prctl is not None:
+            prctl(isolation._PR_SET_NAME, isolation.CALL_NAME)
         request = json.loads(raw)
         _forward_output(data, request["log_level"])
         kind, payload = isolation._run(

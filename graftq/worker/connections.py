@@ -14,22 +14,24 @@ retry, since its own reconnect is already a second wait.
 ConnectionError and TimeoutError, kombu's OperationalError, Celery's
 RuntimeError that the result backend "must be restarted" (it need not) — into
 `Unreachable`, naming the URLs (passwords masked) and the timeout.
+
+redis-py and kombu are imported where they are used, so that a producer's
+`import graftq` (and the zygote's import of the App's module) stays light: an
+error can only be one of theirs once they are imported.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
-from typing import Any
-
-import redis
-from kombu.exceptions import OperationalError
-from kombu.utils.url import maybe_sanitize_url
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from typing import TYPE_CHECKING, Any
 
 from graftq.errors import Unreachable
 from graftq.settings import Settings
+
+if TYPE_CHECKING:
+    import redis
 
 WAITS = 3  # the most waits in a row on one call (see above)
 _AT_ONCE = {"interval_start": 0, "interval_step": 0, "interval_max": 0}
@@ -38,6 +40,10 @@ _BACKEND_GAVE_UP = "Retry limit exceeded while trying to reconnect"  # Celery's 
 
 def redis_client(url: str, settings: Settings) -> redis.Redis:
     """A decoding redis-py client for the store whose waits are bounded."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     return redis.Redis.from_url(
         url,
         decode_responses=True,
@@ -82,15 +88,27 @@ def reachable(settings: Settings) -> Iterator[None]:
     """Raise `Unreachable` for a server that refused, dropped or did not answer in time."""
     try:
         yield
-    except (TimeoutError, redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
-        raise unreachable(settings, exc) from exc
-    except RuntimeError as exc:
-        if _BACKEND_GAVE_UP not in str(exc):
+    except Exception as exc:
+        if not _unanswered(exc):
             raise
         raise unreachable(settings, exc) from exc
 
 
+def _unanswered(exc: Exception) -> bool:
+    """Whether `exc` says a server refused, dropped or did not answer in time."""
+    if isinstance(exc, RuntimeError):
+        return _BACKEND_GAVE_UP in str(exc)
+    kinds: list[type[BaseException]] = [TimeoutError]
+    if (redis := sys.modules.get("redis")) is not None:
+        kinds += [redis.ConnectionError, redis.TimeoutError]
+    if (kombu := sys.modules.get("kombu.exceptions")) is not None:
+        kinds.append(kombu.OperationalError)
+    return isinstance(exc, tuple(kinds))
+
+
 def unreachable(settings: Settings, exc: BaseException) -> Unreachable:
+    from kombu.utils.url import maybe_sanitize_url
+
     urls = dict.fromkeys(
         maybe_sanitize_url(url) for url in (settings.redis_url, settings.broker, settings.backend)
     )

@@ -1,4 +1,8 @@
-"""Submitting jobs and waiting for them: `submit` and `Job`."""
+"""Submitting jobs and waiting for them: `submit` and `Job`.
+
+Celery is imported where it is used (a Job exists only once Celery runs), so that
+`import graftq` — and the zygote's import of the App's module — stays light.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
-import celery.exceptions
-from celery.backends.redis import RedisBackend
-
 from graftq.errors import GraftError, InvalidInput, JobTimeout, TimeLimitExceeded
 from graftq.registry.store import EntityRegistry
 from graftq.settings import Settings
@@ -18,7 +19,7 @@ from graftq.tasks import results
 from graftq.tasks.callables import CallableInfo
 from graftq.tasks.inputs import prepare, prepare_many, validation_error
 from graftq.worker.connections import reachable
-from graftq.worker.task import META
+from graftq.worker.message import META
 
 
 class JobStatus(StrEnum):
@@ -78,10 +79,12 @@ class Job:
         Re-raises the function's exception (its own type when importable here);
         `JobTimeout` after `timeout` seconds.
         """
+        from celery import exceptions as celery_errors
+
         try:
             with reachable(self._settings):
                 payload = self._result.get(timeout=timeout, propagate=True)
-        except celery.exceptions.TimeoutError:
+        except celery_errors.TimeoutError:
             # Celery keeps a waited-on result alive until it resolves; let go of it
             # (a later get() registers it again) so nothing lingers past shutdown.
             self._result.backend.remove_pending_result(self._result)
@@ -89,7 +92,7 @@ class Job:
                 f"job {self.id} ({self._info.name}) did not finish within {timeout}s; "
                 f"status {self.status}"
             ) from None
-        except celery.exceptions.TimeLimitExceeded as exc:
+        except celery_errors.TimeLimitExceeded as exc:
             raise TimeLimitExceeded(
                 f"job {self.id} ({self._info.name}) hit Celery's time limit: {exc}"
             ) from None
@@ -214,6 +217,8 @@ def _waits_subscribe(backend: Any) -> Iterator[None]:
     `on_wait_for_pending`), so no result is missed, and jobs nobody waits on cost
     nothing. Other backends are left alone.
     """
+    from celery.backends.redis import RedisBackend
+
     if not isinstance(backend, RedisBackend):
         yield
         return

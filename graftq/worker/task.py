@@ -1,10 +1,7 @@
 """The Celery task wrapper: thin — load inputs, run isolated, commit (all in `tasks.runner`).
 
-Every callable becomes the task ``graftq.<name>``. Its message is the same
-input JSON that `submit` takes, as the first positional argument (or, for
-clients such as Flower's send-task form, as the keyword arguments); a published
-function's job adds ``_graftq``: its name and version. The Celery task id is the
-execution id, which makes the commit idempotent per delivery.
+Every callable becomes the task ``graftq.<name>`` (its message: `message`). The
+Celery task id is the execution id, which makes the commit idempotent per delivery.
 """
 
 from __future__ import annotations
@@ -24,38 +21,7 @@ from graftq.tasks.zygote import Zygote
 from graftq.worker import logs
 from graftq.worker.config import BACKSTOP
 from graftq.worker.guard import GUARDED_STRATEGY
-
-TASK_PREFIX = "graftq."
-PUBLISHED_TASK = "graftq.published"
-META = "_graftq"
-INPUT_KEYWORD = "input_data"  # parameter names cannot start with "_", so this never clashes
-
-
-def task_name(callable_name: str) -> str:
-    return TASK_PREFIX + callable_name
-
-
-def input_of(
-    args: tuple[Any, ...], kwargs: dict[str, Any], parameters: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    """The job's input: the first positional argument, else the keyword arguments.
-
-    ``kwargs={"input_data": {...}}`` (the name `submit` gives it) is unwrapped
-    too, unless the callable has a parameter of that name.
-    """
-    kwargs = {key: value for key, value in kwargs.items() if key != META}
-    wrapped = kwargs.get(INPUT_KEYWORD)
-    if set(kwargs) == {INPUT_KEYWORD} and isinstance(wrapped, dict) and not args:
-        if INPUT_KEYWORD not in parameters:
-            return wrapped
-    if args:
-        if len(args) != 1 or not isinstance(args[0], dict) or kwargs:
-            raise InvalidInput(
-                "a graftq job takes one positional argument (the input dict) "
-                f"or keyword arguments, got args={args!r:.200} kwargs={kwargs!r:.200}"
-            )
-        return args[0]
-    return kwargs
+from graftq.worker.message import META, PUBLISHED_TASK, input_of, task_name
 
 
 def run_job(
