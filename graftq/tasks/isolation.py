@@ -307,7 +307,7 @@ def _child(
         if os.getppid() != parent_pid:  # the parent died before prctl took effect
             os._exit(_EXIT_FAILED)
         _reset_child_state()
-        _neutralize_sockets(keep=write_fd)
+        _neutralize_sockets(write_fd)
         kind, payload = work()
         _sweep()  # the call is over: nothing it started may outlive it
         _flush_std()  # before the frame, so the parent never waits on a blocked flush
@@ -339,7 +339,7 @@ def _reset_child_state() -> None:
         signal.set_wakeup_fd(-1)
 
 
-def _neutralize_sockets(keep: int) -> None:
+def _neutralize_sockets(*keep: int) -> None:
     """Point inherited sockets at /dev/null so the call cannot use the parent's connections.
 
     dup2 rather than close: the number stays taken, so no new descriptor can reuse it
@@ -352,7 +352,7 @@ def _neutralize_sockets(keep: int) -> None:
     devnull = os.open(os.devnull, os.O_RDWR)
     try:
         for fd in map(int, names):
-            if fd in (0, 1, 2, keep, devnull):
+            if fd in (0, 1, 2, devnull, *keep):
                 continue
             with contextlib.suppress(OSError):  # e.g. the listdir descriptor, now closed
                 if stat.S_ISSOCK(os.fstat(fd).st_mode):

@@ -127,7 +127,7 @@ class Zygote:
         does not answer is stopped (the next call starts another)."""
         try:
             _send(self._control, _KILL, b"")
-            while select.select([self._control], [], [], _START_TIMEOUT)[0]:
+            while _readable([self._control], _START_TIMEOUT):
                 if _receive(self._control)[0] == _STATUS:
                     _drain(self._data)
                     return
@@ -137,7 +137,7 @@ class Zygote:
         self.close()
 
     def _await_ready(self) -> None:
-        ready = select.select([self._control], [], [], _START_TIMEOUT)[0]
+        ready = _readable([self._control], _START_TIMEOUT)
         kind = _receive(self._control)[0] if ready else None
         if kind != _READY:
             code = self._process.poll()
@@ -153,7 +153,7 @@ class Zygote:
         killed = False
         while True:
             wait = None if deadline is None or killed else max(0.0, deadline - time.monotonic())
-            readable = select.select([self._control, self._data], [], [], wait)[0]
+            readable = _readable([self._control, self._data], wait)
             if not readable:  # past the deadline: the zygote kills the child and says so
                 _send(self._control, _KILL, b"")
                 killed = True
@@ -184,6 +184,18 @@ def _output_or(frame: tuple[bytes, bytes]) -> tuple[bytes, bytes] | None:
         stream.write(line["text"])
         stream.flush()
     return None
+
+
+def _readable(sources: list[Any], timeout: float | None) -> list[Any]:
+    """Those of `sockets or fds` ready to read within `timeout` seconds (None: no limit)."""
+    poller = select.poll()
+    by_fd = {}
+    for source in sources:
+        fd = source if isinstance(source, int) else source.fileno()
+        by_fd[fd] = source
+        poller.register(fd, select.POLLIN)
+    events = poller.poll(None if timeout is None else timeout * 1000)
+    return [by_fd[fd] for fd, _ in events]
 
 
 def _describe(status: int) -> str:
@@ -253,6 +265,8 @@ def _serve(app_path: str, control: socket.socket, data: socket.socket) -> None:
         prctl(isolation._PR_SET_NAME, b"graftq-zygote")
     module_name, _, attr = app_path.partition(":")
     app = getattr(importlib.import_module(module_name), attr)
+    # Whatever the import connected to is closed here, once, not in each child.
+    isolation._neutralize_sockets(data.fileno(), control.fileno())
     _send(control, _READY, b"")
     while True:
         feed_read, feed_write = os.pipe()
@@ -271,14 +285,15 @@ def _supervise(pid: int, feed: int, control: socket.socket) -> bool:
     pidfd = os.pidfd_open(pid)
     try:
         alive = True
-        while alive and pidfd not in select.select([control.fileno(), pidfd], [], [])[0]:
+        while alive and pidfd not in _readable([control.fileno(), pidfd], None):
             try:
                 kind, payload = _receive(control)
             except (IsolationError, OSError):  # P closed: the child goes, and so do we
                 alive = False
                 kind = _KILL
             if kind == _REQUEST:
-                isolation._write_all(feed, payload)
+                with contextlib.suppress(BrokenPipeError):  # the child died first: see below
+                    isolation._write_all(feed, payload)
                 os.close(feed)
                 feed = -1
             elif kind == _KILL:
@@ -311,7 +326,6 @@ def _child(feed: int, data: socket.socket, app: Any) -> NoReturn:
             prctl(isolation._PR_SET_PDEATHSIG, int(signal.SIGKILL))
             prctl(isolation._PR_SET_CHILD_SUBREAPER, 1)
         isolation._reset_child_state()
-        isolation._neutralize_sockets(keep=data.fileno())
         if prctl is not None:
             prctl(isolation._PR_SET_NAME, b"graftq-spare")
         raw = _read_all(feed)
