@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from graftq import App, EntityRegistry
-from tests.apps.school import make_app
 
 
 @pytest.fixture
-def app(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> App:
-    monkeypatch.setenv("GRAFTQ_REDIS_URL", redis_url)
-    return make_app()
+def app(make_school: Callable[..., App]) -> App:
+    return make_school()
 
 
 @pytest.fixture
