@@ -20,7 +20,6 @@ import pytest
 
 from graftq import App
 from graftq.devserver import RedisServer, WorkerProcess
-from tests.apps.school import make_app
 
 SCHOOL = "tests.apps.school:app"
 FAULTY = "tests.apps.faulty:app"
@@ -96,21 +95,6 @@ def shared_worker(redis_server: RedisServer, broker_url: str) -> Iterator[Node]:
 
 
 @pytest.fixture
-def client_app(
-    redis_url: str, broker_url: str, monkeypatch: pytest.MonkeyPatch
-) -> Callable[..., App]:
-    """Build a producer App (tests.apps.school) whose jobs go to `queue` by default."""
-
-    def build(queue: str, *, signing_key: str | None = None) -> App:
-        monkeypatch.setenv("GRAFTQ_REDIS_URL", redis_url)
-        monkeypatch.setenv("GRAFTQ_BROKER_URL", broker_url)
-        monkeypatch.setenv("GRAFTQ_RESULT_BACKEND", broker_url)
-        if signing_key is None:
-            monkeypatch.delenv("GRAFTQ_SIGNING_KEY", raising=False)
-        else:
-            monkeypatch.setenv("GRAFTQ_SIGNING_KEY", signing_key)
-        app = make_app()
-        app.celery.conf.task_default_queue = queue
-        return app
-
-    return build
+def client_app(make_school: Callable[..., App]) -> Callable[..., App]:
+    """A producer App (tests.apps.school) whose jobs go to `queue`: `client_app(node.queue)`."""
+    return make_school
