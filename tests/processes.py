@@ -39,7 +39,7 @@ class Proc:
     started: int
 
 
-def stat(pid: int) -> Stat | None:
+def read_stat(pid: int) -> Stat | None:
     """The process's stat fields, or None if there is no such process."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
@@ -55,19 +55,19 @@ def all_pids() -> list[int]:
 
 def alive(pid: int) -> bool:
     """True while `pid` exists and is not a zombie."""
-    found = stat(pid)
+    found = read_stat(pid)
     return found is not None and found.state != "Z"
 
 
 def identify(pid: int) -> Proc | None:
     """The live process that `pid` names now, or None."""
-    found = stat(pid)
+    found = read_stat(pid)
     return None if found is None or found.state == "Z" else Proc(pid, found.started)
 
 
-def running(proc: Proc) -> bool:
+def lives(proc: Proc) -> bool:
     """True while that very process lives (not a zombie, its pid not reused)."""
-    found = stat(proc.pid)
+    found = read_stat(proc.pid)
     return found is not None and found.started == proc.started and found.state != "Z"
 
 
@@ -78,7 +78,7 @@ def kill(proc: Proc, signum: int = signal.SIGKILL) -> bool:
     except ProcessLookupError:
         return False
     try:  # the pidfd holds the process it was opened on: check that it is ours, then signal
-        if not running(proc):
+        if not lives(proc):
             return False
         signal.pidfd_send_signal(fd, signum)
         return True
@@ -89,7 +89,7 @@ def kill(proc: Proc, signum: int = signal.SIGKILL) -> bool:
 
 
 def parent_of(pid: int) -> int | None:
-    found = stat(pid)
+    found = read_stat(pid)
     return None if found is None else found.ppid
 
 
@@ -104,7 +104,7 @@ def descendants(root: int) -> set[Proc]:
     """Every live process below `root`, at this moment."""
     children: dict[int, list[Proc]] = {}
     for pid in all_pids():
-        found = stat(pid)
+        found = read_stat(pid)
         if found is not None and found.state != "Z":
             children.setdefault(found.ppid, []).append(Proc(pid, found.started))
     seen: set[Proc] = set()
@@ -135,7 +135,7 @@ def _write_atomically(path: Path, text: str) -> None:
 def write_pid(path: Path | str) -> None:
     """Write this process's identity: start time to `<path>.started`, then pid to `path`."""
     path = Path(path)
-    me = stat(os.getpid())
+    me = read_stat(os.getpid())
     assert me is not None
     _write_atomically(path.with_name(path.name + ".started"), str(me.started))
     _write_atomically(path, str(os.getpid()))

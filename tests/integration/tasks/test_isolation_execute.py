@@ -13,7 +13,7 @@ import redis
 from graftq import App, EntityRegistry, IsolationError, ReturnTypeError, TimeLimitExceeded
 from tests.apps.school import Boom, Student
 from tests.entities import put_student
-from tests.processes import kill, proc_in, running
+from tests.processes import kill, lives, proc_in
 from tests.redis_state import changed_keys, exec_keys, only_a_failure_record, snapshot
 
 
@@ -127,7 +127,7 @@ def test_time_limit_kills_the_child(app: App, redis_client: redis.Redis, pid_fil
     proc = proc_in(pid_file)
     assert proc is not None, "the body never ran"
     assert f"child pid {proc.pid} killed" in str(caught.value)
-    assert not running(proc)  # killed and reaped before execute returned
+    assert not lives(proc)  # killed and reaped before execute returned
     only_a_failure_record(redis_client, before, "TimeLimitExceeded")
 
 

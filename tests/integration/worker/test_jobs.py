@@ -15,7 +15,7 @@ from graftq import App
 from tests.apps.school import Boom, Counter, Student
 from tests.entities import chain_from_head, put_counter
 from tests.integration.worker.conftest import Node
-from tests.processes import read_proc, running, wait_until
+from tests.processes import lives, read_proc, wait_until
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ def test_hanging_job_hits_its_time_limit_and_the_worker_keeps_serving(
     assert job.status == "FAILURE"
     failure_record(app, job.id, "TimeLimitExceeded")
     child = read_proc(pid_file)
-    wait_until(lambda: not running(child), 30, f"isolated child {child} is gone")
+    wait_until(lambda: not lives(child), 30, f"isolated child {child} is gone")
     student = app.entities.put(Student(name="Bo", age=30))
     assert app.submit("birthday", {"student": f"@{student.lineage_id}"}).get(timeout=30).age == 31
 
@@ -243,7 +243,7 @@ def fail_by_celery_time_limit(app: App, tmp_path: Path, limit: str) -> graftq.Jo
     assert isinstance(caught.value, graftq.TimeLimitExceeded), repr(caught.value)
     assert job.status == "FAILURE"
     child = read_proc(pid_file)
-    wait_until(lambda: not running(child), 30, f"isolated child {child} is gone")
+    wait_until(lambda: not lives(child), 30, f"isolated child {child} is gone")
     return job
 
 

@@ -29,13 +29,6 @@ def queue(broker_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def broker(broker_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(broker_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def app(client_app: Callable[..., App], queue: str) -> App:
     return client_app(queue)
 

@@ -9,7 +9,7 @@ import pydantic
 import pytest
 
 from graftq.errors import RegistrationError, UnknownCallable
-from graftq.tasks.callables import CallableInfo, CallableRegistry, describe
+from graftq.tasks.callables import CallableRegistry, describe
 
 # --- module-level functions: annotations under __future__ resolve against these globals ---
 
@@ -269,8 +269,9 @@ def test_a_published_function_replaces_an_older_one_but_never_a_code_registered_
         reg.publish(describe(shadowing, name="add", published=True))
     assert reg["add"].func is add
 
-    old, new = describe(_make_v1(), name="same", published=True), describe(
-        _make_v2(), name="same", published=True
+    old, new = (
+        describe(_make_v1(), name="same", published=True),
+        describe(_make_v2(), name="same", published=True),
     )
     reg.publish(old)
     reg.publish(new)  # a new content version under the same name
