@@ -22,6 +22,7 @@ from graftq import App
 from graftq.devserver import RedisServer, WorkerProcess
 
 SCHOOL = "tests.apps.school:app"
+START_TIMEOUT = 90.0  # seconds until a worker says "ready": generous for a loaded machine
 FAULTY = "tests.apps.faulty:app"
 
 
@@ -71,7 +72,7 @@ def running(store_url: str, broker_url: str, *nodes: Node) -> Iterator[None]:
         )
     try:
         with ThreadPoolExecutor(len(nodes)) as pool:
-            for starting in [pool.submit(node.proc.start) for node in nodes]:
+            for starting in [pool.submit(node.proc.start, START_TIMEOUT) for node in nodes]:
                 starting.result()
         yield
     finally:
@@ -88,7 +89,8 @@ def running(store_url: str, broker_url: str, *nodes: Node) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def shared_worker(redis_server: RedisServer, broker_url: str) -> Iterator[Node]:
-    """One `-c 2` worker for a module's plain tests; increments pause to force overlap."""
+    """One `-c 2` worker for a module's plain tests; increments pause, so that concurrent
+    ones are likely to overlap (no test relies on it)."""
     node = Node(f"shared-{uuid.uuid4().hex[:6]}", env={"GRAFTQ_TEST_INCREMENT_PAUSE": "0.05"})
     with running(redis_server.url, broker_url, node):
         yield node

@@ -141,12 +141,16 @@ def test_crash_after_result_stored_before_ack_does_not_commit_again(
         counter,
         job,
     ):
-        wait_until(lambda: "WorkerLostError" in node.proc.log(), 15, "the worker saw the crash")
+        wait_until(lambda: "WorkerLostError" in node.proc.log(), 60, "the worker saw the crash")
         assert (tmp_path / "crashed").exists()
         # Celery acks when it finds the stored SUCCESS; should it redeliver instead, wait
         # for that delivery to finish too, so a second commit could not be missed.
         if received(node, job.id) > 1:
-            wait_until(lambda: node.proc.log().count(f"[{job.id}] succeeded in") == 2, 30, "")
+
+            def succeeded_twice() -> bool:
+                return node.proc.log().count(f"[{job.id}] succeeded in") == 2
+
+            wait_until(succeeded_twice, 60, "the redelivery finished too")
         assert app.submit("increment", {"counter": f"@{counter.lineage_id}"}).get(60).value == 2
         assert job.status == "SUCCESS"
         versions = app.entities.history(counter.lineage_id)
