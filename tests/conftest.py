@@ -4,9 +4,10 @@ The store lives in db 0 (flushed before each test); Celery's broker and result
 backend live in db 1, which is never flushed while workers may be connected
 (kombu caches queue bindings per connection).
 
-Every test under tests/integration is marked `integration` here, by directory, so
-`pytest -m "not integration"` is the fast unit run; a unit test that asks for the
-Redis server is refused at collection, which keeps that run free of Redis.
+Every test outside tests/unit (tests/integration, tests/docs, ...) is marked
+`integration` here, by directory, so `pytest -m "not integration"` is the fast unit
+run; a unit test that asks for the Redis server is refused at collection, which keeps
+that run free of Redis.
 """
 
 from __future__ import annotations
@@ -21,16 +22,16 @@ from graftq import App
 from graftq.devserver import RedisServer
 from tests.apps.school import make_app
 
-INTEGRATION = Path(__file__).parent / "integration"
+UNIT = Path(__file__).parent / "unit"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if INTEGRATION in item.path.parents:
+        if UNIT not in item.path.parents:
             item.add_marker(pytest.mark.integration)
         elif "redis_server" in getattr(item, "fixturenames", ()):
             raise pytest.UsageError(
-                f"{item.nodeid} uses the Redis server: integration tests live in {INTEGRATION}"
+                f"{item.nodeid} uses the Redis server: only tests outside {UNIT} may"
             )
 
 
@@ -72,7 +73,8 @@ def broker(broker_url: str) -> Iterator[redis.Redis]:
 def make_school(
     redis_url: str, broker_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> Callable[..., App]:
-    """Build a `tests.apps.school` App, configured as a user would: by GRAFTQ_* variables.
+    """Build a `tests.apps.school` App (or `make()`'s), configured as a user would: by
+    GRAFTQ_* variables.
 
     Store on db 0 and broker/results on db 1 of the session's server, unless
     `store_url`/`broker` name another (a private server a test restarts). Jobs go
@@ -85,6 +87,7 @@ def make_school(
         signing_key: str | None = None,
         store_url: str | None = None,
         broker: str | None = None,
+        make: Callable[[], App] = make_app,
     ) -> App:
         results = broker or broker_url
         env = {
@@ -99,7 +102,7 @@ def make_school(
                 monkeypatch.delenv(name, raising=False)
             else:
                 monkeypatch.setenv(name, value)
-        app = make_app()
+        app = make()
         if queue is not None:
             app.celery.conf.task_default_queue = queue
         return app

@@ -15,10 +15,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,27 @@ def kill(proc: Proc, signum: int = signal.SIGKILL) -> bool:
         os.close(fd)
 
 
+def stop_session(proc: subprocess.Popen[Any], timeout: float = 15.0) -> None:
+    """Stop a `start_new_session=True` subprocess and whatever is left in its process group.
+
+    The group is signalled only while its leader is unreaped (alive or a zombie): until
+    then no other process can hold that group id. SIGTERM first; once the leader has
+    exited, or after `timeout` seconds, SIGKILL sweeps the group; then the leader is reaped.
+    """
+    if proc.returncode is not None:
+        return  # reaped already: its group id is no longer provably ours
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            break  # exited, not reaped
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+
+
 def parent_of(pid: int) -> int | None:
     found = read_stat(pid)
     return None if found is None else found.ppid
@@ -135,6 +158,9 @@ def _write_atomically(path: Path, text: str) -> None:
 def write_pid(path: Path | str) -> None:
     """Write this process's identity: start time to `<path>.started`, then pid to `path`."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # e.g. os.devnull: never replace a device
+        path.write_text(str(os.getpid()))
+        return
     me = read_stat(os.getpid())
     assert me is not None
     _write_atomically(path.with_name(path.name + ".started"), str(me.started))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -16,7 +14,7 @@ import pytest
 
 from graftq.devserver import free_port
 from tests.integration.cli.conftest import CLI, SCHOOL, assert_no_traceback, clean_env, output
-from tests.processes import wait_until
+from tests.processes import stop_session, wait_until
 
 
 def test_flower_without_auth_is_refused(cli: CLI) -> None:
@@ -85,14 +83,6 @@ def test_flower_with_basic_auth_serves_behind_authentication(
             assert _get(url, "user:wrong") == 401
             assert _get(url, "other:pass") == 401
         finally:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(5)
+            stop_session(proc)
             log.seek(0)
             print(log.read().decode(errors="replace")[-3000:])

@@ -1,4 +1,4 @@
-"""An App from `tests.apps.school` over the per-test clean database."""
+"""Apps from `tests.apps.school` and `tests.apps.faithful` over the per-test clean database."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from graftq import App, EntityRegistry
+from tests.apps import faithful as faithful_app
 
 
 @pytest.fixture
@@ -17,3 +18,9 @@ def app(make_school: Callable[..., App]) -> App:
 @pytest.fixture
 def store(app: App) -> EntityRegistry:
     return app.entities
+
+
+@pytest.fixture
+def faithful(make_school: Callable[..., App]) -> App:
+    """The app of wide return annotations (and a signing key, so publishing is possible)."""
+    return make_school(signing_key="test-key", make=faithful_app.make_app)

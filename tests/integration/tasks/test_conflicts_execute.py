@@ -58,9 +58,9 @@ def assert_one_chain(store: EntityRegistry, counter: Counter, results: list[Any]
 def test_concurrent_lineage_increments_form_one_chain(
     make_school: Callable[..., App], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Enough re-runs that no job can run out of them: this checks no update is lost.
-    # (That a moved head re-runs the job is shown without any race further down.)
-    monkeypatch.setenv("GRAFTQ_MAX_RERUNS", "1000")
+    # Time enough for re-runs that no job can run out of them: this checks no update is
+    # lost. (That a moved head re-runs the job is shown without any race further down.)
+    monkeypatch.setenv("GRAFTQ_RERUN_TIMEOUT", "600")
     monkeypatch.setenv("GRAFTQ_TEST_INCREMENT_PAUSE", "0.02")
     app = make_school()
     counter = put_counter(app.entities)
@@ -74,7 +74,7 @@ def test_concurrent_lineage_increments_form_one_chain(
 def test_concurrent_lineage_increments_with_default_settings(
     app: App, store: EntityRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Default max_reruns: re-runs must spread out (a body of 50 ms, read in the forked
+    # Default rerun_timeout: re-runs must spread out (a body of 50 ms, read in the forked
     # child, makes the same threads win every race unless they do).
     monkeypatch.setenv("GRAFTQ_TEST_INCREMENT_PAUSE", "0.05")
     counter = put_counter(store)

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pytest
+import redis
 
 from graftq import App
 from graftq.devserver import RedisServer, WorkerProcess
@@ -85,6 +86,14 @@ def running(store_url: str, broker_url: str, *nodes: Node) -> Iterator[None]:
             print(f"--- log of worker {node.name} ---\n{node.process.log()[-4000:]}")
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(node.process.log_path)
+
+
+@pytest.fixture
+def queue(broker: redis.Redis) -> Iterator[str]:
+    """A queue no worker consumes: its length is what was enqueued. Deleted afterwards."""
+    name = new_queue()
+    yield name
+    broker.delete(name)
 
 
 @pytest.fixture(scope="module")
