@@ -8,6 +8,8 @@ from typing import Any
 import redis
 
 from graftq import Execution
+from graftq.devserver import RedisServer
+from tests.processes import wait_until
 
 
 def snapshot(client: redis.Redis) -> dict[str, Any]:
@@ -59,3 +61,14 @@ def only_a_failure_record(client: redis.Redis, before: dict[str, Any], error: st
     assert record.outputs == [], record
     assert record.error is not None and record.error.startswith(f"{error}: "), record.error
     return record
+
+
+def restart(server: RedisServer) -> None:
+    """Restart the server on its port and wait until it has loaded its data back.
+
+    A restarted server answers INFO at once, but every data command with LOADING
+    until its append-only file is read: the restart is over only then.
+    """
+    server.restart()
+    with redis.Redis.from_url(server.url) as client:
+        wait_until(lambda: client.info("persistence")["loading"] == 0, 60, "Redis loaded its data")

@@ -10,6 +10,7 @@ import redis
 from graftq.devserver import RedisServer
 from graftq.registry.store import EntityRegistry
 from tests.apps.school import Address, Student
+from tests.redis_state import restart
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def test_versions_survive_a_restart_with_aof(server: RedisServer) -> None:
     v2 = reg.put(v1)
     first_pid = server.pid
 
-    server.restart()
+    restart(server)
     assert server.pid != first_pid
 
     with redis.Redis.from_url(server.url, decode_responses=True) as fresh_client:

@@ -8,6 +8,7 @@ from graftq import App
 from graftq.devserver import RedisServer
 from tests.entities import put_counter
 from tests.integration.worker.conftest import Node, running
+from tests.redis_state import restart
 
 
 def test_worker_keeps_serving_across_a_redis_restart(client_app: Callable[..., App]) -> None:
@@ -20,7 +21,7 @@ def test_worker_keeps_serving_across_a_redis_restart(client_app: Callable[..., A
             ref = {"counter": f"@{counter.lineage_id}"}
             assert app.submit("increment", ref).get(timeout=30).value == 1
 
-            server.restart()  # same port, data back from the append-only file
+            restart(server)  # same port, data back from the append-only file
 
             # The producer's and the worker's connections were cut; both reconnect.
             assert app.submit("increment", ref).get(timeout=60).value == 2
