@@ -8,6 +8,7 @@ from graftq.errors import (
     InvalidEntity,
     InvalidInput,
     InvalidReference,
+    InvalidSetting,
     IsolationError,
     JobTimeout,
     RegistrationError,
@@ -16,6 +17,7 @@ from graftq.errors import (
     TimeLimitExceeded,
     UnknownCallable,
     UnknownEntityType,
+    Unreachable,
     VersionConflict,
 )
 from graftq.registry.entity import Entity
@@ -47,6 +49,7 @@ __all__ = [
     "InvalidEntity",
     "InvalidInput",
     "InvalidReference",
+    "InvalidSetting",
     "IsolationError",
     "JobTimeout",
     "RegistrationError",
@@ -55,5 +58,6 @@ __all__ = [
     "TimeLimitExceeded",
     "UnknownCallable",
     "UnknownEntityType",
+    "Unreachable",
     "VersionConflict",
 ]
