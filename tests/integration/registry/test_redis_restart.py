@@ -52,7 +52,8 @@ def test_store_calls_raise_connection_error_while_redis_is_down(server: RedisSer
 
     A stopped server refuses connections at once, so this says nothing about how long
     a call may wait: a server that accepts and never answers (SPEC section 7, a
-    GraftError naming the URL within the connect timeout) is tested with issue 10.
+    GraftError naming the URL within the connect timeout) is
+    tests/integration/worker/test_unreachable.py::test_listener_that_never_answers.
     """
     client = redis.Redis.from_url(server.url, decode_responses=True)
     reg = EntityRegistry(client)
