@@ -25,6 +25,7 @@ from graftq.registry.execution import Execution, ExecutionStatus
 from graftq.registry.store import EntityRegistry
 from graftq.settings import Settings
 from graftq.tasks.callables import CallableInfo, CallableRegistry
+from graftq.worker.job import Job
 
 __version__ = "0.1.0"
 
@@ -37,9 +38,10 @@ __all__ = [
     "EntityRegistry",
     "Execution",
     "ExecutionStatus",
-    # callables
+    # callables and the jobs that run them
     "CallableInfo",
     "CallableRegistry",
+    "Job",
     # errors
     "CorruptVersion",
     "EntityNotFound",

@@ -59,6 +59,10 @@ class InvalidInput(GraftError, ValueError):
         # Celery rebuilds a failed job's exception as cls(*args): keep all three.
         self.args = (str(self), errors, title)
 
+    def __str__(self) -> str:
+        # Exception.__str__ would show all three args as a tuple.
+        return str(self.args[0]) if self.args else ""
+
 
 class CorruptVersion(GraftError):
     """A stored version document cannot be read back."""

@@ -2,6 +2,10 @@
 
 `make_app()` builds a fresh App from the environment (GRAFTQ_REDIS_URL, ...);
 `app` is the module-level one that `graftq worker --app tests.apps.school:app` loads.
+
+Tests synchronise with a running body through files, never through sleeps: a body
+writes its identity to `pid_file` once it runs (`tests.processes.write_pid`), and the
+`held*` callables then wait until the test creates the file `gate`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import time
 from pathlib import Path
 
 from graftq import App, Entity
+from tests.processes import write_pid
 
 
 class Address(Entity):
@@ -26,6 +31,7 @@ class Student(Entity):
     major: str = "undeclared"
     address: Address | None = None
     tags: list[str] = []
+    friends: list[Address] = []
 
 
 class GraduateStudent(Entity):
@@ -40,6 +46,19 @@ class Counter(Entity):
 
 class Boom(Exception):
     """A custom exception type that must survive the trip back."""
+
+
+GATE_TIMEOUT = 120.0  # seconds a held body waits for its gate before it gives up
+
+
+def hold(gate: str, pid_file: str) -> None:
+    """Say this body runs (its pid in `pid_file`), then wait until the file `gate` exists."""
+    write_pid(pid_file)
+    deadline = time.monotonic() + GATE_TIMEOUT
+    while not Path(gate).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate {gate} was not opened within {GATE_TIMEOUT}s")
+        time.sleep(0.01)
 
 
 def make_app(name: str = "school") -> App:
@@ -106,15 +125,26 @@ def make_app(name: str = "school") -> App:
 
     @app.register(time_limit=1.0)
     def hang(pid_file: str) -> int:
-        Path(pid_file).write_text(str(os.getpid()))
+        write_pid(pid_file)
         time.sleep(600)
         return 0
 
     @app.register
     def sleepy(seconds: float, pid_file: str) -> int:
-        Path(pid_file).write_text(str(os.getpid()))
+        write_pid(pid_file)
         time.sleep(seconds)
         return 1
+
+    @app.register
+    def held(gate: str, pid_file: str) -> int:
+        hold(gate, pid_file)
+        return 1
+
+    @app.register
+    def held_increment(counter: Counter, gate: str, pid_file: str) -> Counter:
+        hold(gate, pid_file)
+        counter.value += 1
+        return counter
 
     @app.register
     def meddle(student: Student) -> int:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import redis
 
 from graftq.devserver import RedisServer
 from graftq.settings import Settings
+from tests.processes import stop_session
 
 pytestmark = pytest.mark.integration
 
@@ -90,14 +90,7 @@ def background_worker(command: str, cwd: Path, env: dict[str, str]) -> Iterator[
                 time.sleep(0.1)
             yield
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+            stop_session(proc)
             print(f"--- worker log ---\n{_read(log).decode(errors='replace')[-4000:]}")
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ import httpx
 import pytest
 
 from graftq.devserver import RedisServer, WorkerProcess, free_port
-from tests.integration.worker.helpers import wait_until
+from tests.processes import stop_session, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -60,13 +59,7 @@ def web(env: dict[str, str]) -> Iterator[str]:
             wait_until(up, 30, "uvicorn answering")
             yield url
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(5)
+            stop_session(server)
             log.seek(0)
             print(f"--- uvicorn ---\n{log.read().decode(errors='replace')[-3000:]}")
             print(f"--- worker ---\n{worker.log()[-3000:]}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pytest
 
 from graftq import App
-from tests.apps.school import Address, Student, make_app
+from tests.apps.school import Address, Student
 
 SCHOOL = "tests.apps.school:app"
 WIDE = "300"  # COLUMNS for tests that read tables/long lines, not their layout
@@ -79,12 +79,9 @@ def cli(cli_env: dict[str, str]) -> CLI:
 
 
 @pytest.fixture
-def school(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> App:
+def school(make_school: Callable[..., App]) -> App:
     """An in-process tests.apps.school App on the test's store (for setup and checks)."""
-    monkeypatch.setenv("GRAFTQ_REDIS_URL", redis_url)
-    for name in ("GRAFTQ_BROKER_URL", "GRAFTQ_RESULT_BACKEND", "GRAFTQ_KEY_PREFIX"):
-        monkeypatch.delenv(name, raising=False)
-    return make_app()
+    return make_school()
 
 
 @dataclass

@@ -16,59 +16,21 @@ import redis
 
 from graftq.devserver import free_port
 from tests.integration.cli.conftest import clean_env
+from tests.processes import Proc, all_pids, descendants, kill, lives, read_stat
 
-DEMO_TIMEOUT = 60.0
-
-Proc = tuple[int, str]  # (pid, start time): a PID that was not reused
-
-
-def _stat(pid: int) -> tuple[int, str, str] | None:
-    """(ppid, state, start time) of a live process, else None."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return int(fields[1]), fields[0], fields[19]
-
-
-def _all_pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-
-
-def _descendants(root: int) -> set[Proc]:
-    children: dict[int, list[tuple[int, str]]] = {}
-    for pid in _all_pids():
-        stat = _stat(pid)
-        if stat is not None:
-            children.setdefault(stat[0], []).append((pid, stat[2]))
-    found: set[Proc] = set()
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child[0])
-    return found
-
-
-def _alive(proc: Proc) -> bool:
-    stat = _stat(proc[0])
-    return stat is not None and stat[2] == proc[1] and stat[1] != "Z"
+DEMO_TIMEOUT = 90.0  # seconds; generous for a loaded machine, inside pytest's 120 s
 
 
 def _mentioning(port: int) -> list[int]:
     """Live processes (not zombies) whose cmdline or environment names 127.0.0.1:port."""
     needle = f"127.0.0.1:{port}".encode()
     hits = []
-    for pid in _all_pids():
-        if pid == os.getpid():
+    for pid in all_pids():
+        found = read_stat(pid)
+        if pid == os.getpid() or found is None or found.state == "Z":
             continue
         with contextlib.suppress(OSError):
             base = Path(f"/proc/{pid}")
-            stat = _stat(pid)
-            if stat is None or stat[1] == "Z":
-                continue
             cmdline = (base / "cmdline").read_bytes().replace(b"\0", b" ")
             environ = b""
             with contextlib.suppress(OSError):
@@ -79,7 +41,11 @@ def _mentioning(port: int) -> list[int]:
 
 
 def run_demo(env: dict[str, str]) -> tuple[int, str, set[Proc]]:
-    """Run `graftq demo`, watching every process it starts; (exit code, output, processes)."""
+    """Run `graftq demo`, watching every process it starts; (exit code, output, processes).
+
+    On failure it stops what it started: each watched process by pid and start time
+    (never a newcomer that took a pid), and the demo's own session's process group.
+    """
     seen: set[Proc] = set()
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
@@ -89,15 +55,14 @@ def run_demo(env: dict[str, str]) -> tuple[int, str, set[Proc]]:
         try:
             deadline = time.monotonic() + DEMO_TIMEOUT
             while proc.poll() is None and time.monotonic() < deadline:
-                seen |= _descendants(proc.pid)
+                seen |= descendants(proc.pid)
                 time.sleep(0.05)
             assert proc.poll() is not None, f"graftq demo still running after {DEMO_TIMEOUT}s"
             code = proc.returncode
         finally:
-            if proc.poll() is None:  # only on failure: stop what we started, by PID
-                for pid, _ in seen:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+            if proc.poll() is None:  # still unreaped, so its pid is still its group's id
+                for started in seen:
+                    kill(started)
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
@@ -106,11 +71,14 @@ def run_demo(env: dict[str, str]) -> tuple[int, str, set[Proc]]:
     return code, text, seen
 
 
-def _gone(processes: set[Proc], port: int, timeout: float = 5.0) -> tuple[set[Proc], list[int]]:
+def _gone(
+    processes: set[Proc], port: int | None = None, timeout: float = 30.0
+) -> tuple[set[Proc], list[int]]:
+    """What still runs of `processes`, and what names `port`, once both are gone or at timeout."""
     deadline = time.monotonic() + timeout
     while True:
-        left = {p for p in processes if _alive(p)}
-        named = _mentioning(port)
+        left = {p for p in processes if lives(p)}
+        named = [] if port is None else _mentioning(port)
         if (not left and not named) or time.monotonic() > deadline:
             return left, named
         time.sleep(0.1)
@@ -150,11 +118,7 @@ def test_demo_uses_a_reachable_redis(redis_url: str, redis_client: redis.Redis) 
     assert any(key.startswith("graftq-demo:hist:") for key in keys)
     # it never touches the default prefix of other apps
     assert not list(redis_client.scan_iter(match="graftq:*", count=1000))
-    left = {p for p in seen if _alive(p)}
-    deadline = time.monotonic() + 5
-    while left and time.monotonic() < deadline:
-        time.sleep(0.1)
-        left = {p for p in left if _alive(p)}
+    left, _ = _gone(seen)
     assert not left, f"processes left behind by graftq demo: {left}"
 
 

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 
@@ -17,6 +14,7 @@ import pytest
 
 from graftq.devserver import free_port
 from tests.integration.cli.conftest import CLI, SCHOOL, assert_no_traceback, clean_env, output
+from tests.processes import stop_session, wait_until
 
 
 def test_flower_without_auth_is_refused(cli: CLI) -> None:
@@ -47,7 +45,7 @@ def _get(url: str, credentials: str | None = None) -> int:
         headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
     request = urllib.request.Request(url, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=2) as response:
+        with urllib.request.urlopen(request, timeout=30) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         exc.close()
@@ -71,27 +69,20 @@ def test_flower_with_basic_auth_serves_behind_authentication(
             args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            deadline = time.monotonic() + 15
-            status = None
-            while time.monotonic() < deadline:
+            answers: list[int] = []
+
+            def answered() -> bool:
                 assert proc.poll() is None, "flower exited early"
                 with contextlib.suppress(OSError):
-                    status = _get(url)
-                    break
-                time.sleep(0.2)
-            assert status == 401, f"flower did not answer 401 in time (got {status})"
+                    answers.append(_get(url))
+                return bool(answers)
+
+            wait_until(answered, 60, "flower answers")
+            assert answers == [401]
             assert _get(url, "user:pass") == 200
             assert _get(url, "user:wrong") == 401
             assert _get(url, "other:pass") == 401
         finally:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(5)
+            stop_session(proc)
             log.seek(0)
             print(log.read().decode(errors="replace")[-3000:])

@@ -104,7 +104,7 @@ def test_app_from_environment_variable(redis_url: str) -> None:
 def test_worker_refuses_other_pools() -> None:
     nowhere = f"redis://127.0.0.1:{free_port()}/0"  # never a real broker, whatever happens
     proc = run_cli(
-        "worker", "--app", SCHOOL, "-P", "solo", env=clean_env(GRAFTQ_REDIS_URL=nowhere), timeout=20
+        "worker", "--app", SCHOOL, "-P", "solo", env=clean_env(GRAFTQ_REDIS_URL=nowhere), timeout=60
     )
     assert proc.returncode == 2, output(proc)
     assert "prefork" in proc.stderr

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -12,13 +11,6 @@ import redis
 from tests.integration.cli.conftest import CLI, SCHOOL, Ada, assert_no_traceback, output
 
 UNKNOWN = "3f0d2c1b-9a8e-4d7c-b6a5-f4e3d2c1b0a9"
-
-
-@pytest.fixture
-def broker(broker_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(broker_url, decode_responses=True)
-    yield client
-    client.close()
 
 
 @pytest.fixture
@@ -32,7 +24,8 @@ def submit(cli: CLI, broker_url: str) -> CLI:
     return invoke
 
 
-def snapshot(client: redis.Redis) -> tuple[set[str], int]:
+def broker_state(client: redis.Redis) -> tuple[set[str], int]:
+    """The broker's keys and the length of the default queue `celery`."""
     keys = set(client.scan_iter(count=1000))
     return keys, int(client.llen("celery"))
 
@@ -54,14 +47,14 @@ def test_missing_input_exits_2(submit: CLI) -> None:
 def test_unknown_entity_exits_1_and_enqueues_nothing(
     submit: CLI, ada: Ada, broker: redis.Redis, redis_client: redis.Redis
 ) -> None:
-    before_broker, before_store = snapshot(broker), set(redis_client.scan_iter(count=1000))
+    before_broker, before_store = broker_state(broker), set(redis_client.scan_iter(count=1000))
     proc = submit("birthday", "--input", json.dumps({"student": f"@{UNKNOWN}"}), "--wait")
     assert proc.returncode == 1, output(proc)
     assert_no_traceback(proc)
     text = " ".join(output(proc).split())
     assert text.startswith("error: ") and UNKNOWN in text
     assert "submitted" not in text
-    assert snapshot(broker) == before_broker
+    assert broker_state(broker) == before_broker
     assert set(redis_client.scan_iter(count=1000)) == before_store
 
 
@@ -74,24 +67,24 @@ def test_unknown_entity_error_is_one_line(submit: CLI, ada: Ada) -> None:
 
 
 def test_unknown_callable_exits_1_and_enqueues_nothing(submit: CLI, broker: redis.Redis) -> None:
-    before = snapshot(broker)
+    before = broker_state(broker)
     proc = submit("no_such_function", "--input", "{}")
     assert proc.returncode == 1, output(proc)
     assert_no_traceback(proc)
     text = " ".join(output(proc).split())
     assert "no_such_function" in text and "birthday" in text  # lists what is registered
-    assert snapshot(broker) == before
+    assert broker_state(broker) == before
 
 
 def test_invalid_input_fails_and_enqueues_nothing(
     submit: CLI, ada: Ada, broker: redis.Redis
 ) -> None:
-    before = snapshot(broker)
+    before = broker_state(broker)
     proc = submit("bonus", "--input", json.dumps({"student_age": "old", "bonus_amount": 1.0}))
     assert proc.returncode != 0, output(proc)
     assert "student_age" in output(proc)
     assert "submitted" not in output(proc)
-    assert snapshot(broker) == before
+    assert broker_state(broker) == before
 
 
 def test_invalid_input_is_a_clean_error_without_traceback(submit: CLI, ada: Ada) -> None:
@@ -107,8 +100,8 @@ def test_invalid_input_is_a_clean_error_without_traceback(submit: CLI, ada: Ada)
 def test_input_json_that_is_not_an_object_is_a_usage_error(
     submit: CLI, broker: redis.Redis, bad: str
 ) -> None:
-    before = snapshot(broker)
+    before = broker_state(broker)
     proc = submit("birthday", "--input", bad)
     assert_no_traceback(proc)
     assert proc.returncode == 2, output(proc)
-    assert snapshot(broker) == before
+    assert broker_state(broker) == before

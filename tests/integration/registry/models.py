@@ -1,7 +1,8 @@
-"""Entity classes the registry tests store; importable so stored type names resolve.
+"""The shapes only the store tests need, beside the suite's models in `tests.apps.school`.
 
-Mutable defaults are written as in SPEC section 2: Pydantic copies them per instance
-(ruff cannot tell that `Entity` is a Pydantic model, hence the RUF012 exemption).
+Importable, so stored type names resolve. Mutable defaults are written as in SPEC
+section 2: Pydantic copies them per instance (ruff cannot tell that `Entity` is a
+Pydantic model, hence the RUF012 exemption).
 """
 
 from __future__ import annotations
@@ -9,19 +10,12 @@ from __future__ import annotations
 from pydantic import ConfigDict, Field, computed_field
 
 from graftq.registry.entity import Entity
+from tests.apps.school import Address, Counter, Student
 
-
-class Address(Entity):
-    city: str
-
-
-class Student(Entity):
-    name: str
-    age: int
-    major: str = "undeclared"
-    address: Address | None = None
-    tags: list[str] = []
-    friends: list[Address] = []
+__all__ = [
+    "Address", "Aliased", "Bag", "Computed", "Counter", "Course", "Floor", "Leaf", "Link",
+    "Node", "Site", "Student",
+]  # fmt: skip
 
 
 class Course(Entity):
@@ -37,10 +31,6 @@ class Course(Entity):
     mixed: list[Address | None] = []
     scores: dict[str, int] = {}
     labelled: dict[str, Address | int] = {}
-
-
-class Counter(Entity):
-    n: int = 0
 
 
 class Leaf(Entity):

@@ -5,14 +5,11 @@ from __future__ import annotations
 import itertools
 import threading
 
-import pytest
 import redis
 
 from graftq.errors import VersionConflict
 from graftq.registry.store import EntityRegistry
-from tests.integration.registry.models import Counter
-
-pytestmark = pytest.mark.integration
+from tests.apps.school import Counter
 
 THREADS = 8
 INCREMENTS = 10
@@ -20,7 +17,7 @@ INCREMENTS = 10
 
 def test_concurrent_increments_lose_nothing_and_stay_linear(redis_url: str) -> None:
     with redis.Redis.from_url(redis_url, decode_responses=True) as client:
-        lineage = EntityRegistry(client).put(Counter(n=0)).lineage_id
+        lineage = EntityRegistry(client).put(Counter(value=0)).lineage_id
     start = threading.Barrier(THREADS)
     failures: list[BaseException] = []
     conflicts = [0] * THREADS
@@ -34,7 +31,7 @@ def test_concurrent_increments_lose_nothing_and_stay_linear(redis_url: str) -> N
                     for _attempt in range(10_000):
                         counter = reg.head(lineage)
                         assert isinstance(counter, Counter)
-                        counter.n += 1
+                        counter.value += 1
                         try:
                             reg.put(counter)
                             break
@@ -58,11 +55,11 @@ def test_concurrent_increments_lose_nothing_and_stay_linear(redis_url: str) -> N
         head = reg.head(lineage)
         history = reg.history(lineage)
     assert isinstance(head, Counter)
-    assert head.n == THREADS * INCREMENTS
+    assert head.value == THREADS * INCREMENTS
     assert len(history) == THREADS * INCREMENTS + 1
     assert history[-1].ecs_id == head.ecs_id
     assert history[0].parent_id is None
     for previous, version in itertools.pairwise(history):
         assert version.parent_id == previous.ecs_id
-    assert [v.n for v in history] == list(range(THREADS * INCREMENTS + 1))
+    assert [getattr(v, "value", None) for v in history] == list(range(THREADS * INCREMENTS + 1))
     assert sum(conflicts) > 0  # the writers did collide: the test exercised conflicts

@@ -20,12 +20,12 @@ def test_heads_lists_each_lineage_once_at_its_head(reg: EntityRegistry) -> None:
     bob = reg.put(Student(name="Bob", age=30))
     ada2 = reg.put(ada.model_copy(update={"age": 21}))
     reg.put(ada.model_copy(update={"age": 99}), branch=True)  # a branch: the head stays
-    reg.put(Counter(n=1))
+    reg.put(Counter(value=1))
 
     heads = list(reg.heads(Student))
     assert [h.ecs_id for h in heads] == [ada2.ecs_id, bob.ecs_id]  # oldest lineage first
     assert heads[0].address is not None and heads[0].address.city == "Paris"
-    assert [c.n for c in reg.heads(Counter)] == [1]
+    assert [c.value for c in reg.heads(Counter)] == [1]
     assert [a.city for a in reg.heads(Address)] == ["Paris"]  # sub-entities have lineages
 
 

@@ -16,12 +16,9 @@ from graftq.errors import EntityNotFound, VersionConflict
 from graftq.registry.overlay import isolate_stores
 from graftq.registry.store import EntityRegistry
 from graftq.tasks.isolation import run_isolated
-from tests.integration.registry.helpers import snapshot
-from tests.integration.registry.models import Address, Student
-
-
-def ids(entities):
-    return [e.ecs_id for e in entities]
+from tests.apps.school import Address, Student
+from tests.entities import ids
+from tests.redis_state import snapshot
 
 
 def test_isolated_writes_are_visible_in_process_only(

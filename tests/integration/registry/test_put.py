@@ -10,12 +10,9 @@ import redis
 
 from graftq.errors import InvalidEntity, VersionConflict
 from graftq.registry.store import EntityRegistry
-from tests.integration.registry.helpers import snapshot, strip
-from tests.integration.registry.models import Address, Student
-
-
-def ids(entities):
-    return [e.ecs_id for e in entities]
+from tests.apps.school import Address, Student
+from tests.entities import ids, strip
+from tests.redis_state import snapshot
 
 
 def ada() -> Student:
@@ -72,13 +69,18 @@ def test_first_put_writes_a_version_key_per_entity(
     assert found == {str(i) for i in expected}
 
 
-def test_first_version_lineage_id_never_equals_an_ecs_id(reg: EntityRegistry) -> None:
+@pytest.mark.parametrize("where", ["root", "sub-entity"])
+def test_first_version_lineage_id_never_equals_an_ecs_id(
+    reg: EntityRegistry, redis_client: redis.Redis, where: str
+) -> None:
     same = uuid4()
-    try:
-        stored = reg.put(Address(city="Oslo", ecs_id=same, lineage_id=same))
-    except InvalidEntity:
-        return  # refusing it is fine too
-    assert stored.lineage_id != stored.ecs_id
+    clash = Address(city="Oslo", ecs_id=same, lineage_id=same)
+    entity = clash if where == "root" else Student(name="Ada", age=30, address=clash)
+
+    with pytest.raises(InvalidEntity, match=str(same)):
+        reg.put(entity)
+
+    assert redis_client.dbsize() == 0
 
 
 # -- unchanged put --------------------------------------------------------------
@@ -270,12 +272,13 @@ def test_put_never_mutates_the_callers_object(reg: EntityRegistry) -> None:
     student = ada()
     address, friends = student.address, list(student.friends)
 
-    def unchanged_by(call) -> None:
+    def unchanged_by(call, refused: type[Exception] | None = None) -> None:
         before = student.model_dump()
-        try:
+        if refused is None:
             call()
-        except VersionConflict:
-            pass
+        else:
+            with pytest.raises(refused):
+                call()
         assert student.model_dump() == before
         assert student.address is address
         assert all(a is b for a, b in zip(student.friends, friends, strict=True))
@@ -286,7 +289,8 @@ def test_put_never_mutates_the_callers_object(reg: EntityRegistry) -> None:
     student.friends[1].city = "Milan"
     unchanged_by(lambda: reg.put(student))  # changed, nested
     student.age = 32
-    unchanged_by(lambda: reg.put(student))  # stale: conflict
+    # Still the first version's ids, so stale: the head is the nested change's version.
+    unchanged_by(lambda: reg.put(student), refused=VersionConflict)
     unchanged_by(lambda: reg.put(student, branch=True))  # stale: branch
 
 

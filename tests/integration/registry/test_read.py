@@ -5,11 +5,8 @@ from __future__ import annotations
 import re
 
 from graftq.registry.store import EntityRegistry
-from tests.integration.registry.models import Address, Student
-
-
-def ids(entities):
-    return [e.ecs_id for e in entities]
+from tests.apps.school import Address, Student
+from tests.entities import ids
 
 
 def stored_student(reg: EntityRegistry) -> Student:

@@ -9,9 +9,8 @@ import redis
 
 from graftq.devserver import RedisServer
 from graftq.registry.store import EntityRegistry
-from tests.integration.registry.models import Address, Student
-
-pytestmark = pytest.mark.integration
+from tests.apps.school import Address, Student
+from tests.redis_state import restart
 
 
 @pytest.fixture
@@ -31,7 +30,7 @@ def test_versions_survive_a_restart_with_aof(server: RedisServer) -> None:
     v2 = reg.put(v1)
     first_pid = server.pid
 
-    server.restart()
+    restart(server)
     assert server.pid != first_pid
 
     with redis.Redis.from_url(server.url, decode_responses=True) as fresh_client:
@@ -48,8 +47,14 @@ def test_versions_survive_a_restart_with_aof(server: RedisServer) -> None:
     client.close()
 
 
-@pytest.mark.timeout(30)
-def test_store_calls_fail_fast_while_redis_is_down(server: RedisServer) -> None:
+def test_store_calls_raise_connection_error_while_redis_is_down(server: RedisServer) -> None:
+    """Every store call on a stopped server raises, none answers from what it read before.
+
+    A stopped server refuses connections at once, so this says nothing about how long
+    a call may wait: a server that accepts and never answers (SPEC section 7, a
+    GraftError naming the URL within the connect timeout) is
+    tests/integration/worker/test_unreachable.py::test_listener_that_never_answers.
+    """
     client = redis.Redis.from_url(server.url, decode_responses=True)
     reg = EntityRegistry(client)
     stored = reg.put(Address(city="x"))

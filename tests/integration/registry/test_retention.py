@@ -23,9 +23,9 @@ pytestmark = pytest.mark.integration
 
 def chain(reg: EntityRegistry, length: int) -> list[Counter]:
     """A lineage of `length` Counter versions, oldest first."""
-    versions = [reg.put(Counter(n=0))]
+    versions = [reg.put(Counter(value=0))]
     for n in range(1, length):
-        versions.append(reg.put(versions[-1].model_copy(update={"n": n})))
+        versions.append(reg.put(versions[-1].model_copy(update={"value": n})))
     return versions
 
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from graftq import App, EntityRegistry
 from tests.apps import faithful as faithful_app
-from tests.apps.school import make_app
 
 
 @pytest.fixture
-def app(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> App:
-    monkeypatch.setenv("GRAFTQ_REDIS_URL", redis_url)
-    return make_app()
+def app(make_school: Callable[..., App]) -> App:
+    return make_school()
 
 
 @pytest.fixture
@@ -21,8 +21,6 @@ def store(app: App) -> EntityRegistry:
 
 
 @pytest.fixture
-def faithful(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> App:
+def faithful(make_school: Callable[..., App]) -> App:
     """The app of wide return annotations (and a signing key, so publishing is possible)."""
-    monkeypatch.setenv("GRAFTQ_REDIS_URL", redis_url)
-    monkeypatch.setenv("GRAFTQ_SIGNING_KEY", "test-key")
-    return faithful_app.make_app()
+    return make_school(signing_key="test-key", make=faithful_app.make_app)

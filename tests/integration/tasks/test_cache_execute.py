@@ -9,7 +9,8 @@ import redis
 
 from graftq import App, EntityRegistry
 from tests.apps.school import Student
-from tests.integration.tasks.helpers import exec_keys, put_student, snapshot, version_keys
+from tests.entities import put_student
+from tests.redis_state import exec_keys, snapshot, version_keys
 
 
 def ran(marker: Path) -> int:

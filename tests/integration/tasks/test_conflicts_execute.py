@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from graftq import App, EntityRegistry
-from tests.apps.school import Counter, make_app
+from tests.apps.school import Counter
+from tests.entities import chain_from_head, put_counter
+from tests.processes import read_pid
 
 THREADS, CALLS = 6, 3
-
-
-def put_counter(store: EntityRegistry) -> Counter:
-    stored = store.put(Counter(value=0))
-    assert isinstance(stored, Counter)
-    return stored
 
 
 def increment_concurrently(app: App, counter: Counter) -> tuple[list[Any], list[BaseException]]:
@@ -48,35 +47,28 @@ def assert_one_chain(store: EntityRegistry, counter: Counter, results: list[Any]
     assert isinstance(head, Counter) and head.value == total
     versions = store.history(counter.lineage_id)
     assert len(versions) == total + 1
-    by_id = {version.ecs_id: version for version in versions}
-    chain = [head]
-    while chain[-1].parent_id is not None:
-        chain.append(by_id[chain[-1].parent_id])
-    assert [v.value for v in reversed(chain)] == list(range(total + 1))
+    chain = chain_from_head(versions, head)
+    assert [getattr(v, "value", None) for v in chain] == list(range(total + 1))
     assert len(chain) == total + 1  # every stored version is on the one chain
     assert sorted(r.value for r in results) == list(range(1, total + 1))
-    runs = [store.provenance(v.ecs_id) for v in chain[:-1]]
+    runs = [store.provenance(v.ecs_id) for v in chain[1:]]
     assert all(run is not None and not run.branched for run in runs)
 
 
 def test_concurrent_lineage_increments_form_one_chain(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
+    make_school: Callable[..., App], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Time enough for re-runs that no job can run out of them: this checks the re-run itself.
-    # A body of 20 ms (read in the forked child) makes head moves under a run certain.
-    monkeypatch.setenv("GRAFTQ_REDIS_URL", redis_url)
+    # Time enough for re-runs that no job can run out of them: this checks no update is
+    # lost. (That a moved head re-runs the job is shown without any race further down.)
     monkeypatch.setenv("GRAFTQ_RERUN_TIMEOUT", "600")
     monkeypatch.setenv("GRAFTQ_TEST_INCREMENT_PAUSE", "0.02")
-    app = make_app()
+    app = make_school()
     counter = put_counter(app.entities)
 
     results, errors = increment_concurrently(app, counter)
 
     assert errors == []
     assert_one_chain(app.entities, counter, results)
-    attempts = [run.attempts for r in results if (run := app.entities.provenance(r.ecs_id))]
-    assert len(attempts) == THREADS * CALLS
-    assert max(attempts) > 1  # some jobs really were re-run on a moved head
 
 
 def test_concurrent_lineage_increments_with_default_settings(
@@ -91,6 +83,69 @@ def test_concurrent_lineage_increments_with_default_settings(
 
     assert errors == []
     assert_one_chain(store, counter, results)
+
+
+@pytest.fixture
+def held_execute(app: App, tmp_path: Path) -> Iterator[Callable[[str], Future[Any]]]:
+    """Start `held_increment` of a counter reference in a thread; return once its body runs.
+
+    The body then waits for its gate, which this fixture opens when the test has
+    moved the head (`gate.touch()`), or at teardown whatever happened.
+    """
+    gate, pid_file = tmp_path / "gate", tmp_path / "body.pid"
+    with ThreadPoolExecutor(1) as pool:
+
+        def start(reference: str) -> Future[Any]:
+            data = {"counter": reference, "gate": str(gate), "pid_file": str(pid_file)}
+            running = pool.submit(app.execute, "held_increment", data)
+            read_pid(pid_file)  # the body runs on the version the reference meant now
+            return running
+
+        try:
+            yield start
+        finally:
+            gate.touch()
+
+
+def test_a_head_moved_under_a_lineage_run_reruns_it_on_the_new_head(
+    store: EntityRegistry, held_execute: Callable[[str], Future[Any]], tmp_path: Path
+) -> None:
+    counter = put_counter(store)
+    running = held_execute(f"@{counter.lineage_id}")
+
+    moved = store.put(counter.model_copy(update={"value": 10}))  # the head moves under the run
+    (tmp_path / "gate").touch()
+    result = running.result(timeout=60)
+
+    assert isinstance(result, Counter) and result.value == 11
+    assert result.parent_id == moved.ecs_id
+    assert store.head_id(counter.lineage_id) == str(result.ecs_id)
+    run = store.provenance(result.ecs_id)
+    assert run is not None and run.attempts == 2 and not run.branched
+    assert run.inputs["counter"] == str(moved.ecs_id)
+    assert store.version_ids(counter.lineage_id) == [
+        str(counter.ecs_id),
+        str(moved.ecs_id),
+        str(result.ecs_id),
+    ]
+
+
+def test_a_head_moved_under_a_pinned_run_stores_a_branch(
+    store: EntityRegistry, held_execute: Callable[[str], Future[Any]], tmp_path: Path
+) -> None:
+    counter = put_counter(store)
+    running = held_execute(f"@{counter.ecs_id}")
+
+    moved = store.put(counter.model_copy(update={"value": 10}))
+    (tmp_path / "gate").touch()
+    result = running.result(timeout=60)
+
+    assert isinstance(result, Counter) and result.value == 1
+    assert result.parent_id == counter.ecs_id
+    assert store.head_id(counter.lineage_id) == str(moved.ecs_id)  # the head stays
+    run = store.provenance(result.ecs_id)
+    assert run is not None and run.attempts == 1 and run.branched
+    assert run.inputs["counter"] == str(counter.ecs_id)
 
 
 def test_pinned_inputs_branch_instead_of_moving_the_head(app: App, store: EntityRegistry) -> None:

@@ -13,13 +13,8 @@ import redis
 
 from graftq import App, EntityRegistry, Execution, ExecutionStatus, UnknownCallable
 from tests.apps.school import Counter, GraduateStudent, Student
-from tests.integration.tasks.helpers import (
-    changed_keys,
-    exec_keys,
-    put_student,
-    snapshot,
-    version_keys,
-)
+from tests.entities import put_student
+from tests.redis_state import changed_keys, exec_keys, snapshot, version_keys
 
 # -- the seed's example ------------------------------------------------------------------
 
@@ -83,11 +78,6 @@ def test_provenance_of_an_executed_version(app: App, store: EntityRegistry) -> N
     assert run.started_at <= run.finished_at
     assert run.worker == f"{socket.gethostname()}:{os.getpid()}"
     assert run.branched is False
-
-
-def test_provenance_of_a_put_only_version_is_none(store: EntityRegistry) -> None:
-    student = put_student(store)
-    assert store.provenance(student.ecs_id) is None
 
 
 def test_transform_makes_a_new_lineage(app: App, store: EntityRegistry) -> None:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import faulthandler
-import os
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,56 +10,22 @@ from pathlib import Path
 import pytest
 import redis
 
-from graftq import (
-    App,
-    EntityRegistry,
-    Execution,
-    ExecutionStatus,
-    IsolationError,
-    ReturnTypeError,
-    TimeLimitExceeded,
-)
+from graftq import App, EntityRegistry, IsolationError, ReturnTypeError, TimeLimitExceeded
 from tests.apps.school import Boom, Student
-from tests.integration.tasks.helpers import (
-    changed_keys,
-    exec_keys,
-    put_student,
-    snapshot,
-    version_keys,
-)
-
-
-def only_failure_records(client: redis.Redis, changed: set[str]) -> None:
-    """Nothing changed but (at most) one execution record, and that one failed."""
-    assert not version_keys(changed)
-    assert changed == exec_keys(changed)
-    assert len(changed) <= 1
-    for key in changed:
-        raw = client.get(key)
-        assert raw is not None
-        record = Execution.model_validate_json(raw)
-        assert record.status is ExecutionStatus.FAILURE
-        assert record.outputs == []
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from tests.entities import put_student
+from tests.processes import kill, lives, proc_in
+from tests.redis_state import changed_keys, exec_keys, only_a_failure_record, snapshot
 
 
 @pytest.fixture
 def pid_file(tmp_path: Path) -> Iterator[Path]:
-    """A file the body writes its pid to; a child still alive afterwards is killed."""
+    """A file the body writes its identity to; that very process, if it outlived the test,
+    is killed (never another one that took its pid)."""
     path = tmp_path / "child.pid"
     yield path
-    if path.exists():
-        pid = int(path.read_text())
-        with contextlib.suppress(ProcessLookupError, ChildProcessError):
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+    proc = proc_in(path)
+    if proc is not None:
+        kill(proc)
 
 
 def test_meddling_body_changes_nothing_but_its_execution_record(
@@ -144,7 +107,8 @@ def test_crashing_child_is_an_isolation_error_and_commits_nothing(
 
     expected = {"exit": "status 3", "segv": "SIGSEGV", "kill": "SIGKILL"}[how]
     assert expected in str(caught.value)
-    only_failure_records(redis_client, changed_keys(before, snapshot(redis_client)))
+    record = only_a_failure_record(redis_client, before, "IsolationError")
+    assert expected in (record.error or "")
     assert app.execute("bonus", {"student_age": 2, "bonus_amount": 1.5}) == 3.0  # still serving
 
 
@@ -153,15 +117,18 @@ def test_time_limit_kills_the_child(app: App, redis_client: redis.Redis, pid_fil
     started = time.monotonic()
 
     with pytest.raises(TimeLimitExceeded) as caught:
-        app.execute("hang", {"pid_file": str(pid_file)})
+        app.execute("hang", {"pid_file": str(pid_file)})  # register(time_limit=1.0), sleeps 600 s
 
     elapsed = time.monotonic() - started
     assert isinstance(caught.value, IsolationError)
-    assert 0.9 <= elapsed < 3.0
-    pid = int(pid_file.read_text())
-    assert str(pid) in str(caught.value)
-    assert not alive(pid)
-    only_failure_records(redis_client, changed_keys(before, snapshot(redis_client)))
+    # The promise: stopped at its limit, so never before 1 s, and long before the
+    # body's 600 s sleep would have ended (the bound leaves room for a loaded machine).
+    assert 1.0 <= elapsed < 60.0
+    proc = proc_in(pid_file)
+    assert proc is not None, "the body never ran"
+    assert f"child pid {proc.pid} killed" in str(caught.value)
+    assert not lives(proc)  # killed and reaped before execute returned
+    only_a_failure_record(redis_client, before, "TimeLimitExceeded")
 
 
 def test_body_exception_comes_back_with_its_message(app: App, redis_client: redis.Redis) -> None:
@@ -169,10 +136,7 @@ def test_body_exception_comes_back_with_its_message(app: App, redis_client: redi
         app.execute("fail", {"message": "no marks for you"})
 
     assert str(caught.value) == "no marks for you"
-    changed = changed_keys({}, snapshot(redis_client))
-    only_failure_records(redis_client, changed)
-    (key,) = changed  # a failure is recorded
-    record = Execution.model_validate_json(redis_client.get(key) or "")
+    record = only_a_failure_record(redis_client, {}, "ValueError")
     assert record.callable == "fail"
     assert record.error == "ValueError: no marks for you"
     assert record.inputs == {"message": "no marks for you"}
@@ -197,7 +161,8 @@ def test_wrong_return_type_commits_nothing(
 
     assert isinstance(caught.value, TypeError)
     assert "wrong_type" in str(caught.value)
-    only_failure_records(redis_client, changed_keys(before, snapshot(redis_client)))
+    record = only_a_failure_record(redis_client, before, "ReturnTypeError")
+    assert record.callable == "wrong_type" and record.inputs == {"student": str(student.ecs_id)}
     assert store.head_id(student.lineage_id) == str(student.ecs_id)
 
 
@@ -215,4 +180,5 @@ def test_wrong_return_type_inline_commits_nothing(
     with pytest.raises(ReturnTypeError):
         app.execute("inline_wrong", {"student": f"@{student.lineage_id}"})
 
-    only_failure_records(redis_client, changed_keys(before, snapshot(redis_client)))
+    only_a_failure_record(redis_client, before, "ReturnTypeError")
+    assert store.head(student.lineage_id).age == 20

@@ -11,7 +11,8 @@ import redis
 from graftq import App, Entity, EntityNotFound, EntityRegistry, InvalidReference
 from graftq.registry import references
 from tests.apps.school import Address, Counter, Student
-from tests.integration.tasks.helpers import put_student, snapshot
+from tests.entities import put_student
+from tests.redis_state import snapshot
 
 
 class Gradebook(Entity):

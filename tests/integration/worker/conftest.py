@@ -17,12 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pytest
+import redis
 
 from graftq import App
 from graftq.devserver import RedisServer, WorkerProcess
-from tests.apps.school import make_app
 
 SCHOOL = "tests.apps.school:app"
+START_TIMEOUT = 90.0  # seconds until a worker says "ready": generous for a loaded machine
 FAULTY = "tests.apps.faulty:app"
 
 
@@ -72,7 +73,7 @@ def running(store_url: str, broker_url: str, *nodes: Node) -> Iterator[None]:
         )
     try:
         with ThreadPoolExecutor(len(nodes)) as pool:
-            for starting in [pool.submit(node.proc.start) for node in nodes]:
+            for starting in [pool.submit(node.proc.start, START_TIMEOUT) for node in nodes]:
                 starting.result()
         yield
     finally:
@@ -87,30 +88,24 @@ def running(store_url: str, broker_url: str, *nodes: Node) -> Iterator[None]:
                 os.unlink(node.process.log_path)
 
 
+@pytest.fixture
+def queue(broker: redis.Redis) -> Iterator[str]:
+    """A queue no worker consumes: its length is what was enqueued. Deleted afterwards."""
+    name = new_queue()
+    yield name
+    broker.delete(name)
+
+
 @pytest.fixture(scope="module")
 def shared_worker(redis_server: RedisServer, broker_url: str) -> Iterator[Node]:
-    """One `-c 2` worker for a module's plain tests; increments pause to force overlap."""
+    """One `-c 2` worker for a module's plain tests; increments pause, so that concurrent
+    ones are likely to overlap (no test relies on it)."""
     node = Node(f"shared-{uuid.uuid4().hex[:6]}", env={"GRAFTQ_TEST_INCREMENT_PAUSE": "0.05"})
     with running(redis_server.url, broker_url, node):
         yield node
 
 
 @pytest.fixture
-def client_app(
-    redis_url: str, broker_url: str, monkeypatch: pytest.MonkeyPatch
-) -> Callable[..., App]:
-    """Build a producer App (tests.apps.school) whose jobs go to `queue` by default."""
-
-    def build(queue: str, *, signing_key: str | None = None) -> App:
-        monkeypatch.setenv("GRAFTQ_REDIS_URL", redis_url)
-        monkeypatch.setenv("GRAFTQ_BROKER_URL", broker_url)
-        monkeypatch.setenv("GRAFTQ_RESULT_BACKEND", broker_url)
-        if signing_key is None:
-            monkeypatch.delenv("GRAFTQ_SIGNING_KEY", raising=False)
-        else:
-            monkeypatch.setenv("GRAFTQ_SIGNING_KEY", signing_key)
-        app = make_app()
-        app.celery.conf.task_default_queue = queue
-        return app
-
-    return build
+def client_app(make_school: Callable[..., App]) -> Callable[..., App]:
+    """A producer App (tests.apps.school) whose jobs go to `queue`: `client_app(node.queue)`."""
+    return make_school

@@ -11,7 +11,6 @@ import base64
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from graftq import App
 from graftq.devserver import RedisServer, free_port
 from tests.apps.school import Student
 from tests.integration.worker.conftest import SCHOOL, Node, running
-from tests.integration.worker.helpers import wait_until
+from tests.processes import stop_session, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -72,14 +71,7 @@ def flower(env: dict[str, str], port: int) -> Iterator[str]:
             wait_until(answers, 30, "flower answering 401")
             yield url
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+            stop_session(proc)
             log.seek(0)
             print(f"--- flower log ---\n{log.read().decode(errors='replace')[-3000:]}")
 

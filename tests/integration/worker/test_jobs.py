@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,9 @@ import pytest
 import graftq
 from graftq import App
 from tests.apps.school import Boom, Counter, Student
+from tests.entities import chain_from_head, put_counter
 from tests.integration.worker.conftest import Node
-from tests.integration.worker.helpers import alive, chain_from_head, read_pid, wait_until
+from tests.processes import lives, read_proc, wait_until
 
 
 @pytest.fixture
@@ -23,10 +23,13 @@ def app(client_app: Callable[..., App], shared_worker: Node) -> App:
     return client_app(shared_worker.queue)
 
 
-def put_counter(app: App) -> Counter:
-    counter = app.entities.put(Counter(value=0))
-    assert isinstance(counter, Counter)
-    return counter
+def failure_record(app: App, job_id: str, error: str) -> graftq.Execution:
+    """The FAILURE Execution SPEC section 5 promises for a failed job, naming `error`."""
+    run = app.entities.execution(job_id)
+    assert run is not None, f"job {job_id} failed but left no Execution record"
+    assert run.status == "FAILURE" and run.outputs == [], run
+    assert run.error is not None and error in run.error, run.error
+    return run
 
 
 def test_birthday_by_lineage_reference_returns_the_new_version(
@@ -50,7 +53,7 @@ def test_birthday_by_lineage_reference_returns_the_new_version(
 
 
 def test_concurrent_lineage_increments_form_one_chain(app: App) -> None:
-    counter = put_counter(app)
+    counter = put_counter(app.entities)
     jobs = [app.submit("increment", {"counter": f"@{counter.lineage_id}"}) for _ in range(20)]
 
     values = sorted(job.get(timeout=60).value for job in jobs)
@@ -75,7 +78,7 @@ def test_concurrent_lineage_increments_form_one_chain(app: App) -> None:
 
 
 def test_pinned_jobs_branch_and_move_the_head_once(app: App) -> None:
-    counter = put_counter(app)
+    counter = put_counter(app.entities)
     jobs = [app.submit("increment", {"counter": f"@{counter.ecs_id}"}) for _ in range(5)]
 
     results = [job.get(timeout=60) for job in jobs]
@@ -104,8 +107,9 @@ def test_hanging_job_hits_its_time_limit_and_the_worker_keeps_serving(
         job.get(timeout=30)
 
     assert job.status == "FAILURE"
-    child = read_pid(pid_file)
-    wait_until(lambda: not alive(child), 5, f"isolated child {child} is gone")
+    failure_record(app, job.id, "TimeLimitExceeded")
+    child = read_proc(pid_file)
+    wait_until(lambda: not lives(child), 30, f"isolated child {child} is gone")
     student = app.entities.put(Student(name="Bo", age=30))
     assert app.submit("birthday", {"student": f"@{student.lineage_id}"}).get(timeout=30).age == 31
 
@@ -128,8 +132,7 @@ def test_exception_types_round_trip(
 
     assert type(caught.value) is raised
     assert job.status == "FAILURE"
-    run = app.entities.execution(job.id)
-    assert run is not None and run.status == "FAILURE" and run.outputs == []
+    failure_record(app, job.id, f"{raised.__name__}: ")
 
 
 def test_wrong_return_type_arrives_as_return_type_error_and_commits_nothing(app: App) -> None:
@@ -140,48 +143,47 @@ def test_wrong_return_type_arrives_as_return_type_error_and_commits_nothing(app:
         job.get(timeout=30)
 
     assert app.entities.version_ids(student.lineage_id) == [str(student.ecs_id)]
+    run = failure_record(app, job.id, "ReturnTypeError: ")
+    assert run.inputs == {"student": str(student.ecs_id)}
 
 
 def test_asubmit_and_aget_inside_an_event_loop(app: App, tmp_path: Path) -> None:
     student = app.entities.put(Student(name="Di", age=50))
+    gate, pid_file = tmp_path / "gate", tmp_path / "held.pid"
 
     async def main() -> tuple[Student, int]:
-        ticks = 0
+        held = await app.asubmit("held", {"gate": str(gate), "pid_file": str(pid_file)})
+        waiting = asyncio.create_task(held.aget(timeout=60))
+        # The held job ends only once this loop opens its gate: an aget that blocked
+        # the loop would never see it end, and fail with JobTimeout instead.
+        while not pid_file.exists():
+            await asyncio.sleep(0.02)
+        assert not waiting.done()
+        gate.touch()
+        job = await app.asubmit("birthday", {"student": f"@{student.lineage_id}"})
+        return await job.aget(timeout=60), await waiting
 
-        async def tick() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        ticker = asyncio.create_task(tick())
-        try:
-            slow = await app.asubmit("sleepy", {"seconds": 1.0, "pid_file": str(tmp_path / "p")})
-            job = await app.asubmit("birthday", {"student": f"@{student.lineage_id}"})
-            new = await job.aget(timeout=30)
-            assert await slow.aget(timeout=30) == 1
-        finally:
-            ticker.cancel()
-        return new, ticks
-
-    started = time.monotonic()
-    new, ticks = asyncio.run(main())
+    try:
+        new, held = asyncio.run(main())
+    finally:
+        gate.touch()  # whatever happened, the worker is free again
 
     assert isinstance(new, Student) and new.age == 51
-    # The loop kept running while aget waited ~1 s for the sleepy job: not blocked.
-    assert time.monotonic() - started >= 0.9
-    assert ticks >= 20
+    assert held == 1
 
 
 def test_get_with_a_short_timeout_raises_job_timeout(app: App, tmp_path: Path) -> None:
-    job = app.submit("sleepy", {"seconds": 3.0, "pid_file": str(tmp_path / "p")})
+    gate = tmp_path / "gate"
+    job = app.submit("held", {"gate": str(gate), "pid_file": str(tmp_path / "held.pid")})
     try:
         with pytest.raises(graftq.JobTimeout) as caught:
-            job.get(timeout=0.5)
+            job.get(timeout=0.5)  # the job cannot end before the gate opens
         assert isinstance(caught.value, TimeoutError)
+        assert job.id in str(caught.value) and "0.5s" in str(caught.value)
         assert job.status in {"PENDING", "STARTED"}
     finally:
-        assert job.get(timeout=30) == 1  # leave nothing running for the next test
+        gate.touch()
+    assert job.get(timeout=60) == 1  # the job itself was not harmed by the short wait
 
 
 @pytest.mark.parametrize("shape", ["kwargs", "positional", "input_data"])
@@ -230,22 +232,38 @@ def test_entity_objects_given_by_value_are_stored_first(app: App) -> None:
     assert app.entities.version_ids(student.lineage_id) == [str(new.parent_id), str(new.ecs_id)]
 
 
-@pytest.mark.parametrize(
-    "limit",
-    ["time_limit", "soft_time_limit"],
-)
-def test_celery_time_limits_fail_the_job_and_leave_no_child(
-    app: App, tmp_path: Path, limit: str
-) -> None:
+def fail_by_celery_time_limit(app: App, tmp_path: Path, limit: str) -> graftq.Job:
+    """A job run past Celery's `limit` of 1 s (its body would sleep 60 s); it failed."""
     pid_file = tmp_path / "sleepy.pid"
     job = app.submit("sleepy", {"seconds": 60.0, "pid_file": str(pid_file)}, **{limit: 1})
 
     with pytest.raises(Exception) as caught:
-        job.get(timeout=30)
+        job.get(timeout=60)
 
-    child = read_pid(pid_file)
-    wait_until(lambda: not alive(child), 5, f"isolated child {child} is gone")
-    assert job.status == "FAILURE"
-    run = app.entities.execution(job.id)
-    assert run is None or (run.status == "FAILURE" and run.outputs == [])
     assert isinstance(caught.value, graftq.TimeLimitExceeded), repr(caught.value)
+    assert job.status == "FAILURE"
+    child = read_proc(pid_file)
+    wait_until(lambda: not lives(child), 30, f"isolated child {child} is gone")
+    return job
+
+
+@pytest.mark.parametrize("limit", ["time_limit", "soft_time_limit"])
+def test_celery_time_limits_fail_the_job_and_leave_no_child(
+    app: App, tmp_path: Path, limit: str
+) -> None:
+    fail_by_celery_time_limit(app, tmp_path, limit)  # what the job's record says: below
+
+
+def test_celery_soft_time_limit_leaves_a_failure_record(app: App, tmp_path: Path) -> None:
+    job = fail_by_celery_time_limit(app, tmp_path, "soft_time_limit")
+    failure_record(app, job.id, "TimeLimitExceeded")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Celery's hard limit SIGTERMs the pool process and SIGKILLs it 0.1 s later: the "
+    "run records no FAILURE, or 'SystemExit: -241' if it was quick (reported to the lead)",
+)
+def test_celery_hard_time_limit_leaves_a_failure_record(app: App, tmp_path: Path) -> None:
+    job = fail_by_celery_time_limit(app, tmp_path, "time_limit")
+    failure_record(app, job.id, "TimeLimitExceeded")

@@ -6,28 +6,30 @@ Each test runs its own worker, since it kills or crashes the worker's pool proce
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from graftq import App
+from graftq import App, Job
 from graftq.devserver import RedisServer
-from graftq.worker.job import Job
 from tests.apps.school import Counter
+from tests.entities import put_counter
 from tests.integration.worker.conftest import FAULTY, Node, running
-from tests.integration.worker.helpers import (
-    alive,
-    children_of,
-    parent_of,
-    read_pid,
-    wait_until,
-)
+from tests.processes import Proc, identify, kill, lives, parent_of, read_pid, read_proc, wait_until
 
 
 def received(node: Node, job_id: str) -> int:
     """How often the worker's main process received the job's message."""
     return node.proc.log().count(f"[{job_id}] received")
+
+
+def kill_the_pool_process_running(node: Node, body: Proc) -> None:
+    """SIGKILL the node's pool process whose isolated child is `body` (while it is held)."""
+    pool_pid = parent_of(body.pid)
+    assert pool_pid is not None and pool_pid in node.proc.pool_pids()
+    pool_process = identify(pool_pid)
+    assert pool_process is not None and lives(body)
+    assert kill(pool_process)
+    wait_until(lambda: not lives(body), 30, f"isolated child {body} died with its parent")
 
 
 def assert_incremented_once(app: App, counter: Counter, job_id: str) -> None:
@@ -47,47 +49,43 @@ def test_killed_pool_process_job_is_redelivered_and_its_child_dies(
     client_app: Callable[..., App],
     tmp_path: Path,
 ) -> None:
-    node = Node("killed-sleepy")
+    node = Node("killed-held")
+    gate, pid_file = tmp_path / "gate", tmp_path / "held.pid"
     with running(redis_server.url, broker_url, node):
         app = client_app(node.queue)
-        pid_file = tmp_path / "sleepy.pid"
-        job = app.submit("sleepy", {"seconds": 3.0, "pid_file": str(pid_file)})
-        child = read_pid(pid_file)
-        pool_process = parent_of(child)
-        assert pool_process in node.proc.pool_pids()
-        pid_file.unlink()
+        job = app.submit("held", {"gate": str(gate), "pid_file": str(pid_file)})
+        try:
+            first = read_proc(pid_file)  # held until the gate opens: the kill lands mid-run
+            pid_file.unlink()
+            kill_the_pool_process_running(node, first)
+        finally:
+            gate.touch()
 
-        os.kill(pool_process, signal.SIGKILL)
-
-        wait_until(lambda: not alive(child), 5, f"isolated child {child} died with its parent")
         assert job.get(timeout=60) == 1
         assert received(node, job.id) == 2  # redelivered, not merely finished
-        assert read_pid(pid_file) != child  # the second delivery ran the body again
+        assert read_pid(pid_file) != first.pid  # the second delivery ran the body again
         run = app.entities.execution(job.id)
         assert run is not None and run.status == "SUCCESS" and run.worker == node.node
 
 
 def test_killed_pool_process_increment_commits_exactly_once(
-    redis_server: RedisServer, broker_url: str, client_app: Callable[..., App]
+    redis_server: RedisServer,
+    broker_url: str,
+    client_app: Callable[..., App],
+    tmp_path: Path,
 ) -> None:
-    node = Node("killed-increment", env={"GRAFTQ_TEST_INCREMENT_PAUSE": "3"})
+    node = Node("killed-increment")
+    gate, pid_file = tmp_path / "gate", tmp_path / "held.pid"
     with running(redis_server.url, broker_url, node):
         app = client_app(node.queue)
-        counter = app.entities.put(Counter(value=0))
-        assert isinstance(counter, Counter)
-        job = app.submit("increment", {"counter": f"@{counter.lineage_id}"})
-        busy: list[tuple[int, int]] = []
+        counter = put_counter(app.entities)
+        data = {"counter": f"@{counter.lineage_id}", "gate": str(gate), "pid_file": str(pid_file)}
+        job = app.submit("held_increment", data)
+        try:
+            kill_the_pool_process_running(node, read_proc(pid_file))
+        finally:
+            gate.touch()
 
-        def running_body() -> bool:
-            busy[:] = [(p, c) for p in node.proc.pool_pids() for c in children_of(p)]
-            return bool(busy)
-
-        wait_until(running_body, 10, "a pool process running the isolated body")
-        [(pool_process, child)] = busy
-
-        os.kill(pool_process, signal.SIGKILL)
-
-        wait_until(lambda: not alive(child), 5, f"isolated child {child} died with its parent")
         assert job.get(timeout=60).value == 1
         assert received(node, job.id) == 2
         assert_incremented_once(app, counter, job.id)
@@ -105,7 +103,7 @@ def crashing_increment(
     node = Node(f"crash-{hook.lower()}", app_path=FAULTY, env={hook: str(marker)})
     with running(redis_server.url, broker_url, node):
         app = client_app(node.queue)
-        counter = app.entities.put(Counter(value=0))
+        counter = put_counter(app.entities)
         job = app.submit("increment", {"counter": f"@{counter.lineage_id}"})
         assert job.get(timeout=60).value == 1
         yield node, app, counter, job
@@ -143,12 +141,16 @@ def test_crash_after_result_stored_before_ack_does_not_commit_again(
         counter,
         job,
     ):
-        wait_until(lambda: "WorkerLostError" in node.proc.log(), 15, "the worker saw the crash")
+        wait_until(lambda: "WorkerLostError" in node.proc.log(), 60, "the worker saw the crash")
         assert (tmp_path / "crashed").exists()
         # Celery acks when it finds the stored SUCCESS; should it redeliver instead, wait
         # for that delivery to finish too, so a second commit could not be missed.
         if received(node, job.id) > 1:
-            wait_until(lambda: node.proc.log().count(f"[{job.id}] succeeded in") == 2, 30, "")
+
+            def succeeded_twice() -> bool:
+                return node.proc.log().count(f"[{job.id}] succeeded in") == 2
+
+            wait_until(succeeded_twice, 60, "the redelivery finished too")
         assert app.submit("increment", {"counter": f"@{counter.lineage_id}"}).get(60).value == 2
         assert job.status == "SUCCESS"
         versions = app.entities.history(counter.lineage_id)

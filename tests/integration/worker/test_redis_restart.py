@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Callable
 
 from graftq import App
 from graftq.devserver import RedisServer
-from tests.apps.school import Counter, make_app
+from tests.entities import put_counter
 from tests.integration.worker.conftest import Node, running
+from tests.redis_state import restart
 
 
-def test_worker_keeps_serving_across_a_redis_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_keeps_serving_across_a_redis_restart(client_app: Callable[..., App]) -> None:
     with RedisServer(appendonly=True) as server:
         broker = f"redis://127.0.0.1:{server.port}/1"
         node = Node("restart")
         with running(server.url, broker, node):
-            for name, value in [("REDIS_URL", server.url), ("BROKER_URL", broker)]:
-                monkeypatch.setenv(f"GRAFTQ_{name}", value)
-            monkeypatch.setenv("GRAFTQ_RESULT_BACKEND", broker)
-            app: App = make_app()
-            app.celery.conf.task_default_queue = node.queue
-            counter = app.entities.put(Counter(value=0))
+            app = client_app(node.queue, store_url=server.url, broker=broker)
+            counter = put_counter(app.entities)
             ref = {"counter": f"@{counter.lineage_id}"}
             assert app.submit("increment", ref).get(timeout=30).value == 1
 
-            server.restart()  # same port, data back from the append-only file
+            restart(server)  # same port, data back from the append-only file
 
             # The producer's and the worker's connections were cut; both reconnect.
             assert app.submit("increment", ref).get(timeout=60).value == 2

@@ -6,7 +6,7 @@ No worker consumes this module's queue, so its length is what submit enqueued.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pydantic
@@ -16,23 +16,6 @@ import redis
 import graftq
 from graftq import App
 from tests.apps.school import Counter, Student
-from tests.integration.worker.conftest import new_queue
-
-
-@pytest.fixture
-def queue(broker_url: str) -> Iterator[str]:
-    name = new_queue()
-    yield name
-    client = redis.Redis.from_url(broker_url)
-    client.delete(name)
-    client.close()
-
-
-@pytest.fixture
-def broker(broker_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(broker_url)
-    yield client
-    client.close()
 
 
 @pytest.fixture

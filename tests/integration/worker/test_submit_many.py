@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pydantic
@@ -17,17 +17,7 @@ import redis
 import graftq
 from graftq import App
 from tests.apps.school import Counter, Student
-from tests.integration.worker.conftest import Node, new_queue
-
-
-@pytest.fixture
-def queue(broker_url: str) -> Iterator[str]:
-    """A queue no worker consumes: its length is what was enqueued."""
-    name = new_queue()
-    yield name
-    client = redis.Redis.from_url(broker_url)
-    client.delete(name)
-    client.close()
+from tests.integration.worker.conftest import Node
 
 
 def queued(broker_url: str, queue: str) -> int:

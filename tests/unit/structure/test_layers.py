@@ -43,17 +43,3 @@ def test_registry_and_tasks_do_not_import_celery(layer: str) -> None:
     for path in sorted((PACKAGE / layer).glob("*.py")):
         imported = _imports(path)
         assert not {n for n in imported if n.split(".")[0] in {"celery", "kombu"}}, path.name
-
-
-def test_public_names_are_importable_from_the_package() -> None:
-    for name in graftq.__all__:
-        assert getattr(graftq, name) is not None
-    errors = {"EntityNotFound", "InvalidReference", "InvalidEntity", "RegistrationError",
-              "ReturnTypeError", "VersionConflict", "IsolationError", "TimeLimitExceeded",
-              "JobTimeout"}  # fmt: skip
-    assert errors <= set(graftq.__all__)
-    for name in errors:
-        assert issubclass(getattr(graftq, name), graftq.GraftError)
-    assert issubclass(graftq.EntityNotFound, ValueError)
-    assert issubclass(graftq.InvalidReference, ValueError)
-    assert issubclass(graftq.JobTimeout, TimeoutError)

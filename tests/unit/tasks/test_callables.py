@@ -8,8 +8,8 @@ from typing import Any
 import pydantic
 import pytest
 
-from graftq.errors import GraftError, RegistrationError, UnknownCallable
-from graftq.tasks.callables import CallableInfo, CallableRegistry, describe
+from graftq.errors import RegistrationError, UnknownCallable
+from graftq.tasks.callables import CallableRegistry, describe
 
 # --- module-level functions: annotations under __future__ resolve against these globals ---
 
@@ -252,10 +252,6 @@ def test_bad_options(options: dict[str, Any]) -> None:
         describe(add, **kwargs)
 
 
-def test_registration_error_is_graft_error() -> None:
-    assert issubclass(RegistrationError, GraftError)
-
-
 # --- info contents ---
 
 
@@ -265,10 +261,21 @@ def test_async_detected(reg: CallableRegistry) -> None:
     assert reg["fetch"].output_schema() == {"type": "string"}
 
 
-def test_describe_published_flag() -> None:
-    info = describe(add, name="add", published=True)
-    assert isinstance(info, CallableInfo)
-    assert info.published is True
+def test_a_published_function_replaces_an_older_one_but_never_a_code_registered_one(
+    reg: CallableRegistry,
+) -> None:
+    reg.register(add)
+    with pytest.raises(RegistrationError, match="registered in code"):
+        reg.publish(describe(shadowing, name="add", published=True))
+    assert reg["add"].func is add
+
+    old, new = (
+        describe(_make_v1(), name="same", published=True),
+        describe(_make_v2(), name="same", published=True),
+    )
+    reg.publish(old)
+    reg.publish(new)  # a new content version under the same name
+    assert reg["same"] is new and reg["same"].version != old.version
 
 
 def test_parameters_in_order(reg: CallableRegistry) -> None:

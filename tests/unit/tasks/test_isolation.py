@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import faulthandler
 import json
@@ -17,7 +16,6 @@ import sys
 import textwrap
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,17 @@ import pytest
 
 from graftq.errors import IsolationError, TimeLimitExceeded
 from graftq.tasks.isolation import run_isolated
+from tests.processes import (
+    all_pids,
+    kill,
+    lives,
+    proc_in,
+    read_pid,
+    read_proc,
+    read_stat,
+    wait_until,
+    write_pid,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 NOTE = "Remote traceback (isolated child):"
@@ -51,66 +60,23 @@ def run(call: Any, **kwargs: Any) -> Any:
     return run_isolated(call, encode=lambda v: json.dumps(v).encode(), decode=json.loads, **kwargs)
 
 
-def state(pid: int) -> str | None:
-    """The process state letter, or None if there is no such process."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return text.rsplit(")", 1)[1].split()[0]
-
-
-def gone(pid: int, within: float = 5.0) -> bool:
-    """True once pid is no longer a live process (an unreaped zombie counts as gone)."""
-    end = time.monotonic() + within
-    while state(pid) not in (None, "Z"):
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def kill_if_marked(pid: int, marker: str) -> None:
-    """Cleanup on failure: SIGKILL pid only if its command line carries our marker."""
-    with contextlib.suppress(OSError):
-        if marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-            os.kill(pid, signal.SIGKILL)
-
-
-def kill_if_our_child(pid: int) -> None:
-    """Cleanup on failure: SIGKILL and reap pid only if it is still our own child."""
-    try:
-        ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError):
-        return
-    if ppid == os.getpid():
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-
-
 def our_zombies() -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                if fields[0] == "Z" and int(fields[1]) == os.getpid():
-                    pids.append(int(entry.name))
-    return pids
+    """Children of this process that died and were never reaped."""
+    return [
+        pid
+        for pid in all_pids()
+        if (found := read_stat(pid)) is not None
+        and found.state == "Z"
+        and found.ppid == os.getpid()
+    ]
+
+
+SLEEP = 300.0  # a body "hangs" this long: a test that waited for it would time out
 
 
 def write_pid_and_sleep(path: Path) -> None:
-    path.write_text(str(os.getpid()))
-    time.sleep(60)
-
-
-def wait_for_pid(path: Path, within: float = 5.0) -> int:
-    end = time.monotonic() + within
-    while not (path.exists() and path.read_text()):
-        assert time.monotonic() < end, f"no pid written to {path}"
-        time.sleep(0.02)
-    return int(path.read_text())
+    write_pid(path)
+    time.sleep(SLEEP)
 
 
 # --- results ----------------------------------------------------------------------------
@@ -284,23 +250,26 @@ def test_signal_death_names_the_signal(signum: signal.Signals) -> None:
 def test_crash_is_reported_while_a_forked_grandchild_holds_the_pipe(tmp_path: Path) -> None:
     pid_file = tmp_path / "grandchild"
 
-    def fork_then_crash_recording() -> None:
-        grandchild = os.fork()
-        if grandchild == 0:
-            time.sleep(60)
+    def fork_then_crash() -> None:
+        if os.fork() == 0:  # the grandchild inherits the pipe's write end, and holds it
+            write_pid(pid_file)
+            time.sleep(SLEEP)
             os._exit(0)
-        pid_file.write_text(str(grandchild))
+        read_pid(pid_file)  # crash only once the grandchild really runs
         os._exit(5)
 
-    start = time.monotonic()
+    started = time.monotonic()
     try:
         with pytest.raises(IsolationError, match="exited with status 5"):
-            run(fork_then_crash_recording)
-        assert time.monotonic() - start < 5
-        assert gone(int(pid_file.read_text()))  # swept with the child's process group
+            run(fork_then_crash)
+        # Reported when the child died, not when the grandchild lets go of the pipe;
+        # the bound leaves room for a loaded machine.
+        assert time.monotonic() - started < SLEEP / 5
+        grandchild = read_proc(pid_file)
+        wait_until(lambda: not lives(grandchild), 30, "the grandchild was swept with its group")
     finally:
-        if pid_file.exists():
-            kill_if_marked(int(pid_file.read_text()), "pytest")
+        if (grandchild := proc_in(pid_file)) is not None:
+            kill(grandchild)
 
 
 # --- time limits and cleanup ------------------------------------------------------------
@@ -308,17 +277,23 @@ def test_crash_is_reported_while_a_forked_grandchild_holds_the_pipe(tmp_path: Pa
 
 def test_time_limit_kills_and_reaps_the_child(tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
-    start = time.monotonic()
+    started = time.monotonic()
     try:
-        with pytest.raises(TimeLimitExceeded, match=r"time limit of 0.5s.*child pid \d+ killed"):
-            run(lambda: write_pid_and_sleep(pid_file), time_limit=0.5)
-        assert time.monotonic() - start < 3
-        pid = int(pid_file.read_text())
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+        with pytest.raises(TimeLimitExceeded, match=r"time limit of 1.0s") as caught:
+            run(lambda: write_pid_and_sleep(pid_file), time_limit=1.0)
+        # Stopped at its limit: never before it, and long before the body's sleep would
+        # have ended (the bound leaves room for a loaded machine).
+        assert 1.0 <= time.monotonic() - started < SLEEP / 5
+        killed = re.search(r"child pid (\d+) killed", str(caught.value))
+        assert killed is not None, str(caught.value)
+        pid = int(killed[1])
+        child = read_stat(pid)
+        assert child is None or child.ppid != os.getpid()  # reaped: no child of ours has it
+        body = proc_in(pid_file)  # written unless the limit struck before the body began
+        assert body is None or (body.pid == pid and not lives(body))
     finally:
-        if pid_file.exists():
-            kill_if_our_child(int(pid_file.read_text()))
+        if (body := proc_in(pid_file)) is not None:
+            kill(body)
 
 
 def test_interrupted_parent_kills_and_reaps_the_child(tmp_path: Path) -> None:
@@ -327,48 +302,53 @@ def test_interrupted_parent_kills_and_reaps_the_child(tmp_path: Path) -> None:
     def interrupt(signum: int, frame: object) -> None:
         raise Interrupted
 
+    def interrupt_once_the_body_runs() -> None:
+        read_pid(pid_file)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
     previous = signal.signal(signal.SIGUSR1, interrupt)
-    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGUSR1))
-    timer.start()
+    interrupter = threading.Thread(target=interrupt_once_the_body_runs, daemon=True)
+    started = time.monotonic()
+    interrupter.start()
     try:
         with pytest.raises(Interrupted):
-            run(lambda: write_pid_and_sleep(pid_file), time_limit=20)
-        with pytest.raises(ProcessLookupError):
-            os.kill(int(pid_file.read_text()), 0)
+            run(lambda: write_pid_and_sleep(pid_file), time_limit=SLEEP * 2)
+        assert time.monotonic() - started < SLEEP / 5  # killed, not waited for
+        body = proc_in(pid_file)
+        assert body is not None and not lives(body)
+        assert our_zombies() == []  # and reaped
     finally:
-        timer.cancel()
+        interrupter.join(60)
         signal.signal(signal.SIGUSR1, previous)
-        if pid_file.exists():
-            kill_if_our_child(int(pid_file.read_text()))
+        if (body := proc_in(pid_file)) is not None:
+            kill(body)
 
 
 def test_child_dies_with_its_parent(tmp_path: Path) -> None:
     pid_file = tmp_path / "grandchild"
-    marker = f"graftq-isolation-test-{uuid.uuid4()}"
     script = textwrap.dedent(
         f"""
-        import json, os, sys, time
+        import json, sys, time
         sys.path.insert(0, {str(ROOT)!r})
         from graftq.tasks.isolation import run_isolated
+        from tests.processes import write_pid
 
         def sleeper():
-            with open({str(pid_file)!r}, "w") as f:
-                f.write(str(os.getpid()))
+            write_pid({str(pid_file)!r})
             time.sleep(60)
 
         run_isolated(sleeper, encode=lambda v: json.dumps(v).encode(), decode=json.loads)
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", script, marker])
-    grandchild = None
+    proc = subprocess.Popen([sys.executable, "-c", script])
     try:
-        grandchild = wait_for_pid(pid_file, within=10)
-        assert state(grandchild) not in (None, "Z")
+        grandchild = read_proc(pid_file)
+        assert lives(grandchild)
         proc.kill()
-        proc.wait(5)
-        assert gone(grandchild)
+        proc.wait(30)
+        wait_until(lambda: not lives(grandchild), 30, "the isolated child died with its parent")
     finally:
         proc.kill()
-        proc.wait(5)
-        if grandchild is not None:
-            kill_if_marked(grandchild, marker)
+        proc.wait(30)
+        if (grandchild := proc_in(pid_file)) is not None:
+            kill(grandchild)
