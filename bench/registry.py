@@ -196,7 +196,9 @@ class Manual:
 
 
 def watch_commits(client: redis.Redis, n: int, name: str) -> Callable[[], None]:
-    """WATCH head; GET head (CAS check); MULTI; SET doc; RPUSH history; SET head; EXEC."""
+    """WATCH head and the prune key; MGET both (CAS check); MULTI; SET doc; RPUSH
+    history; SET head; EXEC — what graftq's commit does for a new version of an
+    existing lineage (it indexes a lineage only when it starts or changes type)."""
     m = Manual(client, name)
     head_key, hist_key = m.keys.head(m.lineage), m.keys.history(m.lineage)
 
@@ -204,8 +206,8 @@ def watch_commits(client: redis.Redis, n: int, name: str) -> Callable[[], None]:
         for _ in range(n):
             new_id, doc = m.next_doc()
             with client.pipeline(transaction=True) as pipe:
-                pipe.watch(head_key)
-                if pipe.get(head_key) != m.head:
+                pipe.watch(head_key, m.keys.prune)
+                if pipe.mget(head_key, m.keys.prune)[0] != m.head:
                     raise RuntimeError("head moved")
                 pipe.multi()
                 pipe.set(m.keys.version(new_id), doc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -17,7 +17,7 @@ from graftq.settings import Settings
 from graftq.tasks.callables import CallableInfo, CallableRegistry
 from graftq.tasks.runner import Call, local_worker, run_call
 from graftq.worker.config import make_celery
-from graftq.worker.job import Job, submit
+from graftq.worker.job import Job, submit, submit_many
 from graftq.worker.publish import Functions
 from graftq.worker.task import PUBLISHED_TASK, bind, bind_published, run_job, task_name
 
@@ -99,7 +99,7 @@ class App:
         call = Call(
             execution_id=str(uuid.uuid4()),
             worker=local_worker(),
-            max_reruns=self.settings.max_reruns,
+            rerun_timeout=self.settings.rerun_timeout,
         )
         return run_call(self.entities, info, input_data, call).value
 
@@ -113,17 +113,34 @@ class App:
         `celery_options` go to `send_task` (countdown, queue, time_limit, task_id, ...).
         """
         info = self.callable(name)
-        task, meta = task_name(name), None
-        if info.published:
-            task, meta = PUBLISHED_TASK, {"name": info.name, "version": info.version}
-        store = self._store
+        task, meta = self._task_of(info)
         return submit(
-            self.celery, store, info, input_data, task=task, meta=meta, options=celery_options
-        )
+            self.celery, self._store, info, input_data, task=task, meta=meta,
+            options=self._options_of(info, celery_options),
+        )  # fmt: skip
 
     async def asubmit(self, name: str, input_data: Mapping[str, Any], **celery_options: Any) -> Job:
         """`submit` without blocking the event loop."""
         return await asyncio.to_thread(self.submit, name, input_data, **celery_options)
+
+    def submit_many(
+        self, name: str, inputs: Sequence[Mapping[str, Any]], **celery_options: Any
+    ) -> list[Job]:
+        """Submit a batch: every input is resolved and validated first (the references of
+        the whole batch in one read), then all are enqueued in one go. A bad input raises
+        an error naming its index, and nothing is enqueued."""
+        info = self.callable(name)
+        task, meta = self._task_of(info)
+        return submit_many(
+            self.celery, self._store, info, inputs, task=task, meta=meta,
+            options=self._options_of(info, celery_options),
+        )  # fmt: skip
+
+    async def asubmit_many(
+        self, name: str, inputs: Sequence[Mapping[str, Any]], **celery_options: Any
+    ) -> list[Job]:
+        """`submit_many` without blocking the event loop."""
+        return await asyncio.to_thread(self.submit_many, name, inputs, **celery_options)
 
     def job(self, job_id: str, name: str) -> Job:
         """A handle on an earlier job of callable `name`."""
@@ -150,6 +167,21 @@ class App:
         return info
 
     # -- the worker side ---------------------------------------------------------
+
+    @staticmethod
+    def _task_of(info: CallableInfo) -> tuple[str, dict[str, str] | None]:
+        """The Celery task that runs `info`, and the `_graftq` meta its messages carry."""
+        if info.published:
+            return PUBLISHED_TASK, {"name": info.name, "version": info.version}
+        return task_name(info.name), None
+
+    @staticmethod
+    def _options_of(info: CallableInfo, celery_options: dict[str, Any]) -> dict[str, Any]:
+        """`celery_options`, and for a published function its name for Flower and logs
+        (Celery's shadow name), which would otherwise say "graftq.published"."""
+        if info.published:
+            return {"shadow": task_name(info.name), **celery_options}
+        return celery_options
 
     def _store(self) -> EntityRegistry:
         return self.entities

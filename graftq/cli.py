@@ -1,11 +1,14 @@
-"""The `graftq` command: worker, submit, show, history, lineage, functions, flower, demo."""
+"""The `graftq` command: worker, submit, show, history, lineage, ls, prune, functions, flower,
+demo (`graftq COMMAND --help`)."""
 
 from __future__ import annotations
 
 import importlib
 import json
 import os
+import re
 import sys
+from datetime import timedelta
 from typing import Any
 
 import click
@@ -15,14 +18,19 @@ from rich.console import Console
 from rich.table import Table
 
 import graftq
+from graftq import progress
 from graftq.app import App
 from graftq.errors import EntityNotFound, GraftError
+from graftq.registry import index
 from graftq.registry.entity import IDENTITY_FIELDS
 from graftq.registry.store import EntityRegistry, as_uuid
 from graftq.settings import Settings
+from graftq.tables import heads_table
 
 # Piped output is read by programs: never wrap or cut ids there.
 console = Console() if sys.stdout.isatty() else Console(width=10_000, soft_wrap=True)
+# Progress goes to stderr, so that `graftq submit --wait | jq` reads only the value.
+progress_console = Console(stderr=True)
 
 APP_OPTION = click.option(
     "--app",
@@ -108,7 +116,7 @@ def submit(app_path: str, name: str, input_json: str, wait: bool, timeout: float
     job = app.submit(name, data)
     console.print(f"job [bold]{job.id}[/] submitted ({name})")
     if wait:
-        _print_value(job.get(timeout=timeout))
+        _print_value(progress.wait(job, progress_console, timeout=timeout))
 
 
 STORE_APP_OPTION = click.option(
@@ -185,6 +193,57 @@ def lineage(app_path: str | None, lineage_id: str, mermaid: bool) -> None:
         click.echo(f"{version['ecs_id']}  parent={version['parent_id']}  via={via}{mark}")
 
 
+@main.command("ls")
+@STORE_APP_OPTION
+@click.argument("type_name", metavar="TYPE")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+def ls(app_path: str | None, type_name: str, limit: int) -> None:
+    """The head of every lineage of TYPE (its class name or full type name), oldest first."""
+    store = open_store(app_path)
+    table, more = heads_table(store, index.match_type(store.client, store.keys, type_name), limit)
+    console.print(table)
+    if more:
+        console.print(f"(first {limit} lineages shown; pass --limit to see more)")
+
+
+DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90s`, `15m`, `12h`, `30d`, `2w`, or combined: `1d12h`."""
+    parts = DURATION.findall(text.strip().lower())
+    if not parts or "".join(n + u for n, u in parts) != text.strip().lower():
+        raise click.BadParameter(
+            f"{text!r} is not a duration; use a number with s, m, h, d or w, e.g. 30d or 1d12h"
+        )
+    return timedelta(seconds=sum(float(n) * UNIT_SECONDS[u] for n, u in parts))
+
+
+@main.command()
+@STORE_APP_OPTION
+@click.option(
+    "--keep", type=click.IntRange(min=0), required=True, help="Versions kept per lineage."
+)
+@click.option(
+    "--older-than",
+    "older_than",
+    metavar="DURATION",
+    help="Only versions older than this (30d, 12h, ...).",
+)
+@click.option("--dry-run", is_flag=True, help="Report what would be removed; remove nothing.")
+def prune(app_path: str | None, keep: int, older_than: str | None, dry_run: bool) -> None:
+    """Remove versions beyond the newest KEEP of each lineage that nothing needs any more.
+
+    Heads, every version in a kept version's tree and what a kept Execution
+    record needs are never removed. Safe while workers commit.
+    """
+    age = parse_duration(older_than) if older_than else None
+    store = open_store(app_path)
+    report = store.prune(keep, older_than=age, dry_run=dry_run)
+    console.print(str(report))
+
+
 @main.command()
 @APP_OPTION
 def functions(app_path: str) -> None:
@@ -244,7 +303,7 @@ def demo() -> None:
     """
     from graftq import demo as example  # the demo's models register only when asked for
 
-    example.run()
+    example.run(console)
 
 
 def _print_value(value: Any) -> None:

@@ -6,15 +6,17 @@ It runs on its own queue and key prefix, so it never touches other apps' jobs or
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
 import redis
 from rich.console import Console
 
+from graftq import progress
 from graftq.app import App
 from graftq.devserver import RedisServer, WorkerProcess
 from graftq.registry.entity import Entity
 from graftq.settings import Settings
+from graftq.tables import heads_table
 
 QUEUE = "graftq-demo"
 
@@ -37,6 +39,11 @@ class GraduateStudent(Entity):
     name: str
     age: int
     undergraduate_degree: str
+
+
+class Counter(Entity):
+    graftq_type = "graftq.demo.Counter"
+    value: int = 0
 
 
 def make_app(redis_url: str | None = None) -> App:
@@ -71,10 +78,24 @@ def make_app(redis_url: str | None = None) -> App:
         """Field references: the seed's example."""
         return student_age * bonus_amount
 
+    @app.register
+    def expel(student: Student, reason: str) -> Student:
+        """Always fails: what a failed job leaves behind."""
+        raise ValueError(f"{student.name} cannot be expelled: {reason}")
+
+    @app.register
+    def increment(counter: Counter) -> Counter:
+        """Run many at once by lineage reference: each re-runs on the new head if it moved."""
+        counter.value += 1
+        return counter
+
     return app
 
 
 app = make_app()  # what `graftq worker --app graftq.demo:app` loads
+
+INCREMENTS = 20
+TIMEOUT = 60.0
 
 
 def _reachable(url: str) -> bool:
@@ -88,10 +109,10 @@ def _reachable(url: str) -> bool:
         return False
 
 
-def run(say: Callable[[str], None] | None = None) -> None:
+def run(console: Console | None = None) -> None:
     """Start what is missing, run example jobs, print the lineage, stop what was started."""
-    console = Console(soft_wrap=True)
-    say = say or console.print
+    console = console or Console(soft_wrap=True)
+    say = console.print
     url = Settings.from_env().redis_url
     server: RedisServer | None = None
     if not _reachable(url):
@@ -102,36 +123,68 @@ def run(say: Callable[[str], None] | None = None) -> None:
     try:
         with WorkerProcess("graftq.demo:app", url, concurrency=2, extra=["-Q", QUEUE]) as worker:
             say(f"started a graftq worker (pid {worker.pid}) with a prefork pool of 2")
-            _jobs(demo, say)
+            _jobs(demo, console)
     finally:
         if server is not None:
             server.stop()
             say("stopped the private Redis")
 
 
-def _jobs(demo: App, say: Callable[[str], None]) -> None:
+def _jobs(demo: App, console: Console) -> None:
+    say = console.print
     store = demo.entities
+
+    def run(name: str, input_data: dict[str, Any]) -> Any:
+        return progress.wait(demo.submit(name, input_data), console, timeout=TIMEOUT)
+
+    say("\n[bold]1. References: by lineage (the head) and pinned (one version)[/]")
     ada = store.put(Student(name="Ada", age=20, major="math", address=Address(city="Paris")))
-    say(f"stored Student {ada.name} age {ada.age}: lineage {ada.lineage_id}")
-
-    older = demo.submit("birthday", {"student": f"@{ada.lineage_id}"}).get(timeout=30)
-    say(f"birthday(@lineage) → age {older.age}, new version {older.ecs_id}")
-
-    moved = demo.submit("move", {"student": f"@{ada.lineage_id}", "city": "Lyon"}).get(timeout=30)
-    assert moved.address is not None
-    say(f"move(@lineage, 'Lyon') → address {moved.address.city}, address re-versioned too")
-
-    grad = demo.submit("transform_student", {"student": f"@{older.ecs_id}"}).get(timeout=30)
-    say(f"transform_student(@{older.ecs_id}) → {type(grad).__name__} in a new lineage")
-
+    say(f"stored Student {ada.name}, age {ada.age}: lineage {ada.lineage_id}")
+    older = run("birthday", {"student": f"@{ada.lineage_id}"})
+    say(f"birthday(@<lineage>) -> age {older.age}: new version {older.ecs_id}, the new head")
+    stale = run("birthday", {"student": f"@{ada.ecs_id}"})
+    say(f"birthday(@<first version>) -> a branch {stale.ecs_id}; the head stays {older.ecs_id}")
     pay = {"student_age": f"@{ada.lineage_id}.age", "bonus_amount": 100.5}
-    say(f"bonus({pay}) → {demo.submit('bonus', pay).get(timeout=30)}")
+    say(f"bonus({pay}) -> {run('bonus', pay)}")
 
-    stale = demo.submit("birthday", {"student": f"@{ada.ecs_id}"}).get(timeout=30)
-    say(f"birthday pinned to the first version → branch {stale.ecs_id} (head unchanged)")
+    say("\n[bold]2. A nested edit re-versions the sub-entity and every ancestor[/]")
+    moved = run("move", {"student": f"@{ada.lineage_id}", "city": "Lyon"})
+    assert moved.address is not None and ada.address is not None
+    say(f"address {ada.address.ecs_id} -> {moved.address.ecs_id} (city {moved.address.city})")
+    say(f"student {older.ecs_id} -> {moved.ecs_id} (parent {moved.parent_id})")
 
-    execution = store.provenance(moved.ecs_id)
-    if execution is not None:
-        say(f"provenance of {moved.ecs_id}: {execution.callable} on {execution.worker}")
-    say("lineage of Ada (Mermaid):")
-    say(store.lineage_mermaid(ada.lineage_id))
+    say("\n[bold]3. A transformative function starts a new lineage[/]")
+    grad = run("transform_student", {"student": f"@{moved.ecs_id}"})
+    execution = store.provenance(grad.ecs_id)
+    assert execution is not None
+    say(f"transform_student -> {type(grad).__name__} lineage {grad.lineage_id}")
+    say(f"provenance: {execution.callable} on {execution.worker}, inputs {execution.inputs}")
+
+    say("\n[bold]4. A failing job leaves a FAILURE record and changes nothing[/]")
+    job = demo.submit("expel", {"student": f"@{ada.lineage_id}", "reason": "demo"})
+    try:
+        progress.wait(job, console, timeout=TIMEOUT)
+    except ValueError as exc:
+        say(f"expel raised ValueError: {exc}")
+    failed = store.execution(job.id)
+    assert failed is not None
+    say(f"execution {failed.id}: status {failed.status.value}, error {failed.error!r}")
+    say(f"head still {store.head_id(ada.lineage_id)}")
+
+    say(f"\n[bold]5. {INCREMENTS} concurrent increments of one lineage end at {INCREMENTS}[/]")
+    counter = store.put(Counter())
+    jobs = [
+        demo.submit("increment", {"counter": f"@{counter.lineage_id}"}) for _ in range(INCREMENTS)
+    ]
+    progress.wait_all(jobs, console, timeout=TIMEOUT)
+    final = store.head(counter.lineage_id)
+    assert isinstance(final, Counter)
+    chain = len(store.version_ids(counter.lineage_id))
+    say(f"counter value {final.value}: a chain of {chain} versions, one per increment + the first")
+
+    say("\n[bold]6. graftq ls Student: the head of every Student lineage[/]")
+    table, _ = heads_table(store, Student.graftq_type, limit=20)
+    console.print(table)
+
+    say("\n[bold]7. graftq lineage --mermaid: Ada's versions[/]")
+    console.out(store.lineage_mermaid(ada.lineage_id), highlight=False)

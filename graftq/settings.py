@@ -25,7 +25,7 @@ class Settings:
     visibility_timeout          GRAFTQ_VISIBILITY_TIMEOUT     3600 (seconds)
     signing_key                 GRAFTQ_SIGNING_KEY            none: publishing refused
     key_prefix                  GRAFTQ_KEY_PREFIX             graftq
-    max_reruns                  GRAFTQ_MAX_RERUNS             10 (re-runs on head moves)
+    rerun_timeout               GRAFTQ_RERUN_TIMEOUT          60 (seconds of re-runs on head moves)
     commit_retries              GRAFTQ_COMMIT_RETRIES         16 (WatchError retries)
     result_expires              GRAFTQ_RESULT_EXPIRES         86400 (seconds)
     =========================== ============================= ==========================
@@ -37,7 +37,7 @@ class Settings:
     visibility_timeout: int = 3600
     signing_key: str | None = None
     key_prefix: str = "graftq"
-    max_reruns: int = 10
+    rerun_timeout: float = 60.0
     commit_retries: int = 16
     result_expires: int = 86400
 
@@ -66,9 +66,10 @@ class Settings:
 
 
 def _convert(name: str, raw: str, kind: Any) -> Any:
-    if kind == "int":
-        try:
-            return int(raw)
-        except ValueError:
-            raise GraftError(f"GRAFTQ_{name.upper()} must be an integer, got {raw!r}") from None
-    return raw
+    converters: dict[str, Any] = {"int": int, "float": float}
+    if kind not in converters:
+        return raw
+    try:
+        return converters[kind](raw)
+    except ValueError:
+        raise GraftError(f"GRAFTQ_{name.upper()} must be a number, got {raw!r}") from None

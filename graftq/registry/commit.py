@@ -1,11 +1,15 @@
 """The commit: one optimistic WATCH/MULTI/EXEC transaction per attempt.
 
-One attempt is three round trips: WATCH the lineage heads (and the execution
-key); read the heads and the stored documents of the tree in one MGET; plan
-the new versions, check every head against the version it was read as, then
-write versions, history entries, head moves and the execution record in one
-MULTI...EXEC. A WatchError means somebody wrote in between: the caller
-re-plans, a bounded number of times.
+One attempt is three round trips: WATCH the keys the decision rests on; read them
+in one MGET (lineage heads, the stored documents of the tree, the execution key,
+and the keys that tell whether a new id is already taken); then plan the new
+versions, validate every document, check identities and heads, and write versions,
+history entries, head moves, the type index and the execution record in one
+MULTI...EXEC (and, while a prune runs, what the tree read: see `retention`). A
+WatchError means somebody wrote in between: the caller re-plans, a bounded number
+of times. A WatchError can also hide a dropped connection after EXEC was sent
+(redis-py reports both alike), so before re-planning the attempt reads back one
+key it wrote: if that holds exactly what this attempt wrote, the commit landed.
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ from typing import Any, Protocol, cast
 import redis
 
 from graftq.errors import InvalidEntity, VersionConflict
-from graftq.registry import diff
+from graftq.registry import diff, index, retention
 from graftq.registry.diff import Plan, Version
+from graftq.registry.entity import Entity
 from graftq.registry.execution import Execution, ExecutionStatus
 from graftq.registry.keys import Keys
-from graftq.registry.tree import Node, decode_doc, nodes
+from graftq.registry.tree import Node, build, decode_doc, nodes
+
+Moved = dict[str, tuple[str | None, str | None]]
 
 
 class Writer(Protocol):
@@ -33,10 +40,16 @@ class Writer(Protocol):
 
 @dataclass(frozen=True)
 class Request:
-    """One commit: the trees to store and what to record with them."""
+    """One commit: the trees to store and what to record with them.
+
+    A moved head is a `VersionConflict` unless `branch` is set and its lineage is
+    not in `strict` (the lineages an execution read by lineage reference); then the
+    new version is stored as a branch and that head stays.
+    """
 
     trees: list[Node]
     branch: bool = False
+    strict: frozenset[str] = frozenset()
     derived_from: str | None = None
     execution: Execution | None = None
     memo_key: str | None = None
@@ -45,11 +58,13 @@ class Request:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What an attempt did."""
+    """What an attempt did: the stored trees, or the execution that already did it."""
 
     plan: Plan
+    entities: list[Entity] = field(default_factory=list)
+    execution: Execution | None = None
     branched: bool = False
-    replayed: Execution | None = None
+    replayed: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,73 +103,149 @@ def write_execution(
         target.set(memo_key, execution.id)
 
 
+@dataclass(frozen=True)
+class _Reads:
+    """The keys one attempt watches and reads, and how to take the MGET answer apart."""
+
+    ids: list[str]
+    lineages: list[str]
+    execution_key: str | None
+
+    @classmethod
+    def of(cls, keys: Keys, request: Request) -> _Reads:
+        every = [n.entity for tree in request.trees for n in nodes(tree)]
+        lineages = request.lineages | {str(entity.lineage_id) for entity in every}
+        execution = request.execution
+        return cls(
+            ids=list(dict.fromkeys(str(entity.ecs_id) for entity in every)),
+            lineages=sorted(lineages),
+            execution_key=None if execution is None else keys.execution(execution.id),
+        )
+
+    def watched(self, keys: Keys) -> list[str]:
+        """Heads, the keys whose existence would make an id ambiguous, the execution, the
+        prune in progress."""
+        found = [keys.head(lineage) for lineage in self.lineages]
+        found += [keys.head(i) for i in self.ids] + [keys.version(x) for x in self.lineages]
+        found += [self.execution_key] if self.execution_key else []
+        return [*found, keys.prune]  # a prune that starts or ends now re-runs this attempt
+
+    def read(self, keys: Keys) -> list[str]:
+        return [*self.watched(keys), *(keys.version(i) for i in self.ids)]
+
+
+@dataclass(frozen=True)
+class _State:
+    heads: dict[str, str | None]
+    taken_as_lineage: set[str]  # ecs_ids that are lineage ids
+    taken_as_version: set[str]  # lineage ids that are version ids
+    execution: Any
+    pruning: str | None  # the run id of a prune in progress
+    stored: dict[str, dict[str, Any]]
+
+    @classmethod
+    def parse(cls, reads: _Reads, values: list[Any]) -> _State:
+        lineages, ids = reads.lineages, reads.ids
+        at = iter(values)
+        heads = {lineage: next(at) for lineage in lineages}
+        taken_as_lineage = {i for i in ids if next(at) is not None}
+        taken_as_version = {lineage for lineage in lineages if next(at) is not None}
+        execution = next(at) if reads.execution_key else None
+        pruning = next(at)
+        stored = {i: decode_doc(i, raw) for i, raw in zip(ids, at, strict=True) if raw}
+        return cls(heads, taken_as_lineage, taken_as_version, execution, pruning, stored)
+
+
 def attempt(client: Any, keys: Keys, request: Request) -> Outcome | Retry:
     """One try at committing; `client` is a redis.Redis or an overlay with its methods."""
-    ids = list(dict.fromkeys(str(n.entity.ecs_id) for t in request.trees for n in nodes(t)))
-    guessed = request.lineages | {str(n.entity.lineage_id) for t in request.trees for n in nodes(t)}
-    lineages = sorted(guessed)
-    watched = [keys.head(lineage) for lineage in lineages]
-    if request.execution is not None:
-        watched.append(keys.execution(request.execution.id))
+    reads = _Reads.of(keys, request)
     with client.pipeline(transaction=True) as pipe:
         try:
-            pipe.watch(*watched)
-            values = cast(list[Any], pipe.mget([*watched, *(keys.version(i) for i in ids)]))
-            heads = dict(zip(lineages, values, strict=False))
-            if request.execution is not None and (done := _success(values[len(lineages)])):
-                return Outcome(Plan(), replayed=done)
-            stored = {
-                i: decode_doc(i, raw)
-                for i, raw in zip(ids, values[len(watched) :], strict=True)
-                if raw
-            }
+            pipe.watch(*reads.watched(keys))
+            state = _State.parse(reads, cast(list[Any], pipe.mget(reads.read(keys))))
+            if (done := _success(state.execution)) is not None:
+                return Outcome(Plan(), execution=done, branched=done.branched, replayed=True)
             plan = diff.plan(
                 request.trees,
-                stored,
+                state.stored,
                 now=datetime.now(UTC),
                 derived_from=request.derived_from,
             )
-            if not guessed.issuperset(plan.expect):
-                return Retry(guessed | set(plan.expect))
-            if not plan.new and request.execution is None:
-                return Outcome(plan)
-            moved = check_heads(plan, heads)
+            if not set(reads.lineages).issuperset(plan.expect):
+                return Retry(frozenset(reads.lineages) | set(plan.expect))
+            moved = check_heads(plan, state.heads)
             if moved is None:
-                return Retry(guessed)
-            if moved and not request.branch:
-                raise VersionConflict(conflict_message(moved))
+                return Retry(frozenset(reads.lineages))
+            _check_identities(plan, state)
+            _check_conflicts(request, moved)
+            fresh = {version.ecs_id for version in plan.new}
+            entities = [build(root, plan.docs, fresh) for root in plan.roots]  # validates all
+            if not plan.new and request.execution is None:
+                return Outcome(plan, entities)
+            recorded = _recorded(request, plan, bool(moved))
             pipe.multi()
-            _write(client, keys, request, plan, branched=bool(moved), pipe=pipe)
+            _write(client, keys, request, plan, moved, recorded, pipe=pipe)
+            retention.note_reads(keys, state.pruning, reads.ids, pipeline=pipe)
+        except redis.WatchError:
+            return Retry(frozenset(reads.lineages))
+        outcome = Outcome(plan, entities, recorded, branched=bool(moved))
+        try:
             pipe.execute()
         except redis.WatchError:
-            return Retry(guessed)
-    return Outcome(plan, branched=bool(moved))
+            if _landed(client, keys, plan, recorded):
+                return outcome
+            return Retry(frozenset(reads.lineages))
+    return outcome
+
+
+def _recorded(request: Request, plan: Plan, branched: bool) -> Execution | None:
+    if request.execution is None:
+        return None
+    return request.execution.model_copy(update={"branched": branched, "outputs": list(plan.roots)})
 
 
 def _write(
-    client: Any, keys: Keys, request: Request, plan: Plan, *, branched: bool, pipe: Any
+    client: Any,
+    keys: Keys,
+    request: Request,
+    plan: Plan,
+    moved: Moved,
+    recorded: Execution | None,
+    *,
+    pipe: Any,
 ) -> None:
     for version in plan.new:
         write_version(client, keys, version, pipeline=pipe)
-        if not branched or version.parent_id is None:  # a new lineage has no rival head
+        index.add(keys, version, plan.docs.get(version.parent_id or ""), pipeline=pipe)
+        if version.lineage_id not in moved:  # a moved head stays: this version is a branch
             move_head(client, keys, version.lineage_id, version.ecs_id, pipeline=pipe)
-    if request.execution is not None:
-        recorded = request.execution.model_copy(
-            update={"branched": branched, "outputs": list(plan.roots)}
-        )
+    if recorded is not None:
         write_execution(client, keys, recorded, memo_key=request.memo_key, pipeline=pipe)
 
 
-def check_heads(
-    plan: Plan, heads: dict[str, str | None]
-) -> dict[str, tuple[str | None, str | None]] | None:
+def _landed(client: Any, keys: Keys, plan: Plan, recorded: Execution | None) -> bool:
+    """Whether this attempt's MULTI...EXEC ran although its reply was lost.
+
+    One key it wrote is read back: a new version document (its id is fresh, or the
+    document carries this attempt's own timestamp), else the execution record.
+    """
+    if plan.new:
+        key, value = keys.version(plan.new[0].ecs_id), plan.new[0].raw
+    elif recorded is not None:
+        key, value = keys.execution(recorded.id), recorded.model_dump_json()
+    else:  # pragma: no cover - an attempt with nothing to write never reaches EXEC
+        return False
+    return bool(client.get(key) == value)
+
+
+def check_heads(plan: Plan, heads: dict[str, str | None]) -> Moved | None:
     """Lineages whose head is not the version the plan read: lineage → (read as, now).
 
     None when a new lineage was just stored concurrently from the same object
     (plan again: it is now known); `InvalidEntity` when an unstored entity
     names a lineage that already exists.
     """
-    moved: dict[str, tuple[str | None, str | None]] = {}
+    moved: Moved = {}
     new_ids = {version.lineage_id: version.ecs_id for version in plan.new}
     for lineage, expected in plan.expect.items():
         actual = heads.get(lineage)
@@ -164,14 +255,43 @@ def check_heads(
             if actual == new_ids[lineage]:
                 return None
             raise InvalidEntity(
-                f"entity {new_ids[lineage]} was never stored but its lineage_id {lineage} "
-                f"already exists (head {actual}); do not copy identity fields by hand"
+                f"entity {new_ids[lineage]} is not stored (never, or removed by a prune) but "
+                f"its lineage_id {lineage} exists (head {actual}); do not copy identity fields "
+                "by hand, and read a version again after a prune"
             )
         moved[lineage] = (expected, actual)
     return moved
 
 
-def conflict_message(moved: dict[str, tuple[str | None, str | None]]) -> str:
+def _check_identities(plan: Plan, state: _State) -> None:
+    """A uuid in a reference means one thing: no new id may be taken by the other kind."""
+    first = [version for version in plan.new if version.parent_id is None]
+    new_lineages = {version.lineage_id for version in first}
+    for version in first:
+        if version.ecs_id in state.taken_as_lineage or version.ecs_id in new_lineages:
+            raise InvalidEntity(
+                f"entity {version.ecs_id} cannot be stored: its ecs_id is already a lineage_id "
+                "(a reference to it would mean that lineage's head); give it a fresh ecs_id"
+            )
+        if version.lineage_id in state.taken_as_version:
+            raise InvalidEntity(
+                f"entity {version.ecs_id} cannot be stored: its lineage_id {version.lineage_id} "
+                "is already an ecs_id (a reference to it would mean that version); "
+                "give it a fresh lineage_id"
+            )
+
+
+def _check_conflicts(request: Request, moved: Moved) -> None:
+    conflicts = {
+        lineage: heads
+        for lineage, heads in moved.items()
+        if not request.branch or lineage in request.strict
+    }
+    if conflicts:
+        raise VersionConflict(conflict_message(conflicts))
+
+
+def conflict_message(moved: Moved) -> str:
     parts = [
         f"lineage {lineage} was read at version {expected} but its head is now {actual}"
         for lineage, (expected, actual) in moved.items()

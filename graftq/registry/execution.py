@@ -32,7 +32,10 @@ class Execution(BaseModel):
     started_at: datetime
     finished_at: datetime
     worker: str = Field(description="Celery node name, or host:pid for app.execute")
-    result: Any = Field(default=None, description="the return value as JSON data")
+    result: Any = Field(default=None, description="the return value as typed JSON (encoding)")
     error: str | None = Field(default=None, description="'Type: message' when it failed")
     branched: bool = Field(default=False, description="outputs stored as a branch")
     attempts: int = Field(default=1, description="runs needed (re-runs after head conflicts)")
+    input_digest: str | None = Field(
+        default=None, description="hash of the callable and its input as given (replay check)"
+    )

@@ -11,11 +11,18 @@ key                                    type    holds
 ``{p}:fn:{name}``                      hash    published function: version → signed payload
 ``{p}:fn:{name}:latest``               string  newest published version of that name
 ``{p}:fns``                            set     names of all published functions
+``{p}:lineages:{type}``                zset    lineage ids with a version of that entity type,
+                                               scored by when the first one was stored
+``{p}:types``                          set     entity type names that have such an index
+``{p}:prune``                          string  run id of the prune in progress (expires)
+``{p}:prune:{run}:read``               set     version ids commits read while that prune ran
 =====================================  ======  ==============================================
 
 ``{p}`` is the key prefix, ``graftq`` unless the App says otherwise. Version
 documents, histories and execution records are never overwritten except an
-execution record that failed, which a retry replaces.
+execution record that failed, which a retry replaces, until `graftq prune`
+removes them (see `retention`). The type index is written by the commit in its
+MULTI...EXEC, so `heads(Type)` pages through it and never scans the keyspace.
 """
 
 from __future__ import annotations
@@ -40,6 +47,10 @@ class Keys:
     def head(self, lineage_id: UUID | str) -> str:
         return f"{self.prefix}:head:{lineage_id}"
 
+    @property
+    def head_prefix(self) -> str:
+        return f"{self.prefix}:head:"
+
     def history(self, lineage_id: UUID | str) -> str:
         return f"{self.prefix}:hist:{lineage_id}"
 
@@ -58,3 +69,17 @@ class Keys:
     @property
     def functions(self) -> str:
         return f"{self.prefix}:fns"
+
+    def lineages(self, type_name: str) -> str:
+        return f"{self.prefix}:lineages:{type_name}"
+
+    @property
+    def types(self) -> str:
+        return f"{self.prefix}:types"
+
+    @property
+    def prune(self) -> str:
+        return f"{self.prefix}:prune"
+
+    def prune_reads(self, run: str) -> str:
+        return f"{self.prefix}:prune:{run}:read"

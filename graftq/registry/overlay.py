@@ -1,8 +1,10 @@
 """A private overlay over Redis: the store as an isolated child sees it.
 
-Reads fall through to Redis; writes land in this process's memory and vanish
-with it. It offers the few redis-py methods the store uses, so the commit code
-is the same for both.
+Once `isolate_stores()` ran in a process (the forked child of an isolated call),
+every `EntityRegistry` in it — of any App, made before or after — reads Redis but
+keeps its writes in this process's memory, where they vanish with it. The overlay
+offers the few redis-py methods the store uses, so the commit code is the same for
+both, and holds its Redis client privately: no store handle a body can reach writes.
 """
 
 from __future__ import annotations
@@ -12,18 +14,33 @@ from typing import Any, cast
 
 import redis
 
+_isolated = False
+
+
+def isolate_stores() -> None:
+    """From now on, in this process and those it forks, every store's writes stay private."""
+    global _isolated
+    _isolated = True
+
+
+def isolated() -> bool:
+    """True in an isolated call's process."""
+    return _isolated
+
 
 class OverlayClient:
-    """Reads from `base`, keeps every write to itself."""
+    """Reads from Redis through `base`, keeps every write to itself."""
 
     def __init__(self, base: redis.Redis) -> None:
-        self.base = base
+        self._base = base
         self.strings: dict[str, str] = {}
         self.lists: dict[str, list[str]] = {}
+        self.sets: dict[str, set[str]] = {}
+        self.zsets: dict[str, dict[str, float]] = {}
 
     def mget(self, keys: list[str]) -> list[str | None]:
         missing = [key for key in keys if key not in self.strings]
-        below = cast(list[str | None], self.base.mget(missing)) if missing else []
+        below = cast(list[str | None], self._base.mget(missing)) if missing else []
         found = dict(zip(missing, below, strict=True))
         return [self.strings[key] if key in self.strings else found[key] for key in keys]
 
@@ -31,14 +48,40 @@ class OverlayClient:
         return self.mget([key])[0]
 
     def lrange(self, key: str, start: int, end: int) -> list[str]:
-        items = cast(list[str], self.base.lrange(key, 0, -1)) + self.lists.get(key, [])
+        items = cast(list[str], self._base.lrange(key, 0, -1)) + self.lists.get(key, [])
         return items[start : (None if end == -1 else end + 1)]
+
+    def hget(self, key: str, field: str) -> str | None:
+        return cast(str | None, self._base.hget(key, field))
+
+    def smembers(self, key: str) -> set[str]:
+        return cast(set[str], self._base.smembers(key)) | self.sets.get(key, set())
+
+    def zrange(self, key: str, start: int, end: int) -> list[str]:
+        """Base and overlay members by score; reads the whole set (only ever in a child)."""
+        stored = self._base.zrange(key, 0, -1, withscores=True)
+        scores = dict(cast(list[tuple[str, float]], stored))
+        for member, score in self.zsets.get(key, {}).items():
+            scores.setdefault(member, score)
+        ordered = sorted(scores, key=lambda member: (scores[member], member))
+        return ordered[start : (None if end == -1 else end + 1)]
 
     def set(self, key: str, value: str) -> None:
         self.strings[key] = value
 
     def rpush(self, key: str, *values: str) -> None:
         self.lists.setdefault(key, []).extend(values)
+
+    def sadd(self, key: str, *values: str) -> None:
+        self.sets.setdefault(key, set()).update(values)
+
+    def zadd(self, key: str, mapping: dict[str, float], nx: bool = False) -> None:
+        scores = self.zsets.setdefault(key, {})
+        for member, score in mapping.items():
+            scores[member] = scores.get(member, score) if nx else score
+
+    def expire(self, key: str, seconds: int) -> None:
+        """Nothing expires here: the overlay ends with its process."""
 
     def pipeline(self, transaction: bool = True) -> OverlayPipeline:
         return OverlayPipeline(self)
@@ -65,6 +108,15 @@ class OverlayPipeline:
 
     def rpush(self, key: str, *values: str) -> None:
         self._queued.append(("rpush", (key, *values)))
+
+    def sadd(self, key: str, *values: str) -> None:
+        self._queued.append(("sadd", (key, *values)))
+
+    def zadd(self, key: str, mapping: dict[str, float], nx: bool = False) -> None:
+        self._queued.append(("zadd", (key, mapping, nx)))
+
+    def expire(self, key: str, seconds: int) -> None:
+        self._queued.append(("expire", (key, seconds)))
 
     def execute(self) -> None:
         for method, args in self._queued:

@@ -5,24 +5,41 @@ keys and integer list/tuple indices. A version id (ecs_id) pins the reference;
 a lineage id means the head at resolution time. ``@@text`` is the literal
 ``@text``. A segment starting with ``_`` is refused.
 
-All references in one input are resolved in two round trips: one MGET tells
-versions from lineages (and reads the heads), one Lua call loads every tree.
+All references in one input are resolved in one round trip (the store's
+snapshot read: what each uuid means, and every tree below).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
 from graftq.errors import EntityNotFound, InvalidReference
-from graftq.registry.entity import IDENTITY_FIELDS
+from graftq.registry import containers
+from graftq.registry.entity import IDENTITY_FIELDS, Entity
+from graftq.registry.execution import Execution
+from graftq.registry.tree import nodes, walk
 
-if TYPE_CHECKING:
-    from graftq.registry.store import EntityRegistry
+
+class Snapshot(Protocol):
+    """What one read of the store gives back (`store.Snapshot`)."""
+
+    @property
+    def meaning(self) -> dict[str, tuple[str, bool]]: ...
+    @property
+    def execution(self) -> Execution | None: ...
+    def build(self, ecs_id: str) -> Entity: ...
+
+
+class Reader(Protocol):
+    """What resolving needs from the store (`EntityRegistry` has it)."""
+
+    def snapshot(self, uuids: Iterable[str], *, execution_id: str | None = None) -> Snapshot: ...
+
 
 _REFERENCE = re.compile(
     r"@(?P<uuid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
@@ -61,12 +78,20 @@ class Resolution:
     """An input with its references replaced.
 
     `value` holds the resolved values (entities as fresh copies); `pinned`
-    holds the same structure with each reference rewritten to its pinned form.
+    holds the same structure with each reference rewritten to its pinned form;
+    `read_by_head` names every lineage in the trees that lineage references read;
+    `execution` is the record asked for with `resolve(..., execution_id=...)`.
     """
 
     value: Any
     pinned: Any
     references: tuple[Resolved, ...]
+    read_by_head: frozenset[str] = frozenset()
+    execution: Execution | None = None
+
+    @property
+    def by_lineage(self) -> bool:
+        return any(ref.by_lineage for ref in self.references)
 
 
 def parse(text: str) -> Reference | str:
@@ -98,34 +123,64 @@ def _malformed(text: str) -> str:
     return f"reference {text!r}: empty path segment; expected '@<uuid>.field.0.key'"
 
 
-def resolve(store: EntityRegistry, data: Any) -> Resolution:
-    """Resolve every reference in `data` (any depth of dicts and lists)."""
+def resolve(store: Reader, data: Any, *, execution_id: str | None = None) -> Resolution:
+    """Resolve every reference in `data` (any depth of dicts and lists) in one read.
+
+    With an `execution_id`, that execution's record is read in the same round trip
+    (`Resolution.execution`). For several inputs with one read: `collect` each, one
+    `store.snapshot` of all their uuids, then `resolved` each.
+    """
+    found = collect(data)
+    snapshot = None
+    if found or execution_id is not None:
+        snapshot = store.snapshot((ref.uuid for ref in found), execution_id=execution_id)
+    return resolved(data, found, snapshot)
+
+
+def collect(data: Any) -> list[Reference]:
+    """The references in `data`, in document order; a malformed one → InvalidReference."""
     found: list[Reference] = []
+    _map(data, found.append)
+    return found
 
-    def collect(ref: Reference) -> Reference:
-        found.append(ref)
-        return ref
 
-    literal = _map(data, collect)
+def resolved(data: Any, found: list[Reference], snapshot: Snapshot | None) -> Resolution:
+    """`data` with its references `found` resolved from `snapshot`."""
+    execution = None if snapshot is None else snapshot.execution
     if not found:
-        return Resolution(literal, _map(data, collect, escaped=True), ())
-    versions = store.classify(ref.uuid for ref in found)
+        return Resolution(
+            _map(data, _keep), _map(data, _keep, escaped=True), (), execution=execution
+        )
+    assert snapshot is not None
+    versions = snapshot.meaning
     for ref in found:
         if ref.uuid not in versions:
             raise EntityNotFound(
                 f"reference {ref.text!r}: no entity version or lineage {ref.uuid} in the store"
             )
-    roots = store.get_many(versions[ref.uuid][0] for ref in found)  # one copy per use
+    roots = [snapshot.build(versions[ref.uuid][0]) for ref in found]  # one copy per use
     resolved = [
         Resolved(ref, versions[ref.uuid][0], by_lineage=not versions[ref.uuid][1]) for ref in found
     ]
     values = iter([navigate(root, ref) for root, ref in zip(roots, found, strict=True)])
     pinned = iter([r.pinned_text for r in resolved])
+    by_head = {
+        str(node.entity.lineage_id)
+        for root, ref in zip(roots, resolved, strict=True)
+        if ref.by_lineage
+        for node in nodes(walk(root))
+    }
     return Resolution(
         _map(data, lambda _: next(values)),
         _map(data, lambda _: next(pinned), escaped=True),
         tuple(resolved),
+        frozenset(by_head),
+        execution,
     )
+
+
+def _keep(ref: Reference) -> str:
+    return ref.text
 
 
 def _map(data: Any, on_reference: Callable[[Reference], Any], *, escaped: bool = False) -> Any:
@@ -133,16 +188,16 @@ def _map(data: Any, on_reference: Callable[[Reference], Any], *, escaped: bool =
 
     `@@` literals are unescaped unless `escaped` (the pinned form stays parseable).
     """
-    if isinstance(data, str):
-        parsed = parse(data)
+
+    def change(leaf: Any) -> Any:
+        if not isinstance(leaf, str):
+            return leaf
+        parsed = parse(leaf)
         if isinstance(parsed, Reference):
             return on_reference(parsed)
-        return data if escaped else parsed
-    if isinstance(data, dict):
-        return {key: _map(value, on_reference, escaped=escaped) for key, value in data.items()}
-    if isinstance(data, list | tuple):
-        return [_map(value, on_reference, escaped=escaped) for value in data]
-    return data
+        return leaf if escaped else parsed
+
+    return containers.map_leaves(data, change)
 
 
 def navigate(root: Any, ref: Reference) -> Any:

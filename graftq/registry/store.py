@@ -5,33 +5,45 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from uuid import UUID
 
 import redis
 
-from graftq.errors import EntityNotFound, InvalidReference, VersionConflict
-from graftq.registry import commit, references
+from graftq.errors import EntityNotFound, InvalidReference, IsolationError, VersionConflict
+from graftq.registry import commit, index, overlay, references, retention
 from graftq.registry.entity import Entity
 from graftq.registry.execution import Execution, ExecutionStatus
 from graftq.registry.keys import Keys
 from graftq.registry.overlay import OverlayClient
 from graftq.registry.tree import as_data, build, decode_doc, walk
 
-# Breadth-first from the given versions through their documents' kids; returns
-# id, raw pairs ("" when missing): a tree of any size in one round trip.
-_LOAD_TREES = """
-local prefix = ARGV[1]
-local out, seen, queue, i = {}, {}, {}, 1
-for n = 2, #ARGV do queue[#queue + 1] = ARGV[n] end
+# One round trip for everything a call reads before it runs: an execution record
+# (ARGV[3], "" for none), what each uuid (ARGV[4..]) means — a version id means
+# itself, a lineage id its head — and every document of the trees below, breadth
+# first through each document's kids. Returns: the record or "", then per uuid the
+# version it means or "", then id, raw pairs ("" when missing).
+_SNAPSHOT = """
+local versions, heads = ARGV[1], ARGV[2]
+local out = {ARGV[3] ~= '' and redis.call('GET', ARGV[3]) or ''}
+local queue, seen, i = {}, {}, 1
+for n = 4, #ARGV do
+  local id = ARGV[n]
+  if not redis.call('GET', versions .. id) then
+    id = redis.call('GET', heads .. id) or ''
+  end
+  out[#out + 1] = id
+  if id ~= '' then queue[#queue + 1] = id end
+end
 while i <= #queue do
   local id = queue[i]
   i = i + 1
   if not seen[id] then
     seen[id] = true
-    local raw = redis.call('GET', prefix .. id)
+    local raw = redis.call('GET', versions .. id)
     out[#out + 1] = id
     out[#out + 1] = raw or ''
     if raw then
@@ -48,6 +60,23 @@ while i <= #queue do
 end
 return out
 """
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What some uuids mean now, the documents of their trees, and an execution record.
+
+    `meaning` maps each known uuid to the version it means and whether it was
+    pinned (a version id) rather than a lineage id (its head).
+    """
+
+    meaning: dict[str, tuple[str, bool]]
+    docs: dict[str, dict[str, Any]]
+    execution: Execution | None = None
+
+    def build(self, ecs_id: str) -> Entity:
+        """A fresh copy of one version from the snapshot."""
+        return build(ecs_id, self.docs)
 
 
 E = typing.TypeVar("E", bound=Entity)
@@ -86,23 +115,27 @@ class EntityRegistry:
     ) -> None:
         self.keys = Keys(prefix)
         self.max_retries = max_retries
-        self._client: Any = client
-        self._load_script = client.register_script(_LOAD_TREES)
+        self._redis = client
+        self._overlay: OverlayClient | None = None
+        self._snapshot_script = client.register_script(_SNAPSHOT)
+
+    @property
+    def _client(self) -> Any:
+        if not overlay.isolated():
+            return self._redis
+        if self._overlay is None:  # the first use inside an isolated call
+            self._overlay = OverlayClient(self._redis)
+        return self._overlay
 
     @property
     def client(self) -> redis.Redis:
-        """The Redis client (inside an isolated child: the private overlay)."""
+        """The Redis client (inside an isolated call: the private overlay)."""
         return typing.cast(redis.Redis, self._client)
 
     @property
     def isolated(self) -> bool:
-        """True inside an isolated child, where writes go to a private overlay."""
-        return isinstance(self._client, OverlayClient)
-
-    def isolate(self) -> None:
-        """From now on, read Redis but keep every write in this process's memory."""
-        if not self.isolated:
-            self._client = OverlayClient(self._client)
+        """True inside an isolated call, where writes go to a private overlay."""
+        return overlay.isolated()
 
     # -- writing ---------------------------------------------------------------
 
@@ -115,17 +148,21 @@ class EntityRegistry:
         roots: Sequence[Entity],
         *,
         branch: bool = False,
+        strict: Iterable[str] = (),
         execution: Execution | None = None,
         memo_key: str | None = None,
     ) -> Committed:
         """Store several trees (and an execution record) in one transaction.
 
-        With an `execution` whose id already has a successful record, nothing is
-        written and the recorded execution comes back with `replayed=True`.
+        A moved head is a `VersionConflict`; with `branch`, only for the lineages in
+        `strict`, and the others' new versions are stored as branches. With an
+        `execution` whose id already has a successful record, nothing is written
+        and the recorded execution comes back with `replayed=True`.
         """
         request = commit.Request(
             trees=[walk(root) for root in roots],
             branch=branch,
+            strict=frozenset(strict),
             derived_from=execution.id if execution else None,
             execution=execution,
             memo_key=memo_key,
@@ -135,14 +172,9 @@ class EntityRegistry:
             if isinstance(outcome, commit.Retry):
                 request = dataclasses.replace(request, lineages=outcome.lineages)
                 continue
-            if outcome.replayed is not None:
-                return Committed([], outcome.replayed, outcome.replayed.branched, replayed=True)
-            plan = outcome.plan
-            recorded = execution and execution.model_copy(
-                update={"branched": outcome.branched, "outputs": list(plan.roots)}
+            return Committed(
+                outcome.entities, outcome.execution, outcome.branched, outcome.replayed
             )
-            trees = [build(root, plan.docs) for root in plan.roots]
-            return Committed(trees, recorded, outcome.branched)
         raise VersionConflict(
             f"gave up after {self.max_retries} attempts: concurrent writers kept changing "
             f"lineages {sorted(request.lineages)}"
@@ -159,6 +191,30 @@ class EntityRegistry:
         wanted = [str(as_uuid(i)) for i in ecs_ids]
         docs = self._load_all(wanted)
         return [build(ecs_id, docs) for ecs_id in wanted]
+
+    def snapshot(self, uuids: Iterable[UUID | str], *, execution_id: str | None = None) -> Snapshot:
+        """In one round trip: what each uuid means now, the trees below, and an execution.
+
+        Unknown uuids are left out of `meaning`.
+        """
+        ids = list(dict.fromkeys(str(as_uuid(u)) for u in uuids))
+        record = "" if execution_id is None else self.keys.execution(execution_id)
+        if self.isolated:
+            raw, meant, docs = self._snapshot_by_level(record, ids)
+        else:
+            prefixes = (self.keys.version_prefix, self.keys.head_prefix)
+            flat = self._snapshot_script(args=[*prefixes, record, *ids])
+            raw, meant = flat[0], flat[1 : 1 + len(ids)]
+            rest = flat[1 + len(ids) :]
+            docs = {rest[n]: rest[n + 1] for n in range(0, len(rest), 2)}
+        meaning = {
+            uid: (version, version == uid)
+            for uid, version in zip(ids, meant, strict=True)
+            if version
+        }
+        parsed = {i: decode_doc(i, doc) for i, doc in docs.items() if doc}
+        execution = Execution.model_validate_json(raw) if raw else None
+        return Snapshot(meaning, parsed, execution)
 
     def get_data(self, ecs_ids: Iterable[UUID | str]) -> list[dict[str, Any]]:
         """Versions as plain JSON data (each entity with its "type"): no Entity class needed."""
@@ -251,6 +307,52 @@ class EntityRegistry:
                 lines.append(f"    {_mermaid_id(doc['parent_id'])} -->|{label}| {node}")
         return "\n".join(lines)
 
+    # -- finding and retention ----------------------------------------------------
+
+    def heads(self, entity_type: type[E], *, batch: int = 100) -> Iterator[E]:
+        """The head of every lineage of `entity_type` (subclasses included), oldest first.
+
+        Pages through the type index the commit keeps (never KEYS or SCAN):
+        three round trips per `batch` lineages.
+        """
+        for type_name in index.type_names(entity_type):
+            for head_ids in index.head_batches(self._client, self.keys, type_name, batch):
+                docs = self._load(head_ids)
+                for ecs_id in head_ids:
+                    if ecs_id in docs and docs[ecs_id]["type"] == type_name:
+                        yield typing.cast(E, build(ecs_id, docs))
+
+    def head_data(self, type_name: str, *, batch: int = 100) -> Iterator[dict[str, Any]]:
+        """`heads` as plain JSON data, by stored type name (no Entity class needed)."""
+        for head_ids in index.head_batches(self._client, self.keys, type_name, batch):
+            docs = self._load(head_ids)
+            for ecs_id in head_ids:
+                if ecs_id in docs and docs[ecs_id]["type"] == type_name:
+                    yield as_data(ecs_id, docs)
+
+    def prune(
+        self, keep: int, *, older_than: timedelta | None = None, dry_run: bool = False
+    ) -> retention.PruneReport:
+        """Remove versions beyond the newest `keep` of each lineage that nothing needs.
+
+        Never a head, nor what a kept version's tree or a kept Execution record
+        needs; only versions older than `older_than` when given. Safe while
+        workers commit (see `graftq.registry.retention`).
+        """
+        if self.isolated:
+            raise IsolationError("prune is refused inside an isolated call: it would prune nothing")
+        pruner = retention.Pruner(
+            self.client, self.keys, keep=keep, older_than=older_than, now=datetime.now(UTC)
+        )
+        if dry_run:
+            return pruner.report(pruner.plan(), dry_run=True)
+        pruner.start()
+        try:
+            removed = pruner.apply(pruner.plan())
+        finally:
+            pruner.finish()
+        return pruner.report(removed, dry_run=False)
+
     # -- internals -------------------------------------------------------------
 
     def _callable_names(self, execution_ids: list[str]) -> list[str]:
@@ -269,25 +371,28 @@ class EntityRegistry:
 
     def _load(self, ecs_ids: list[str]) -> dict[str, dict[str, Any]]:
         """Parsed documents of these versions and all below them."""
-        if not ecs_ids:
-            return {}
-        if self.isolated:
-            raws = self._load_by_level(ecs_ids)
-        else:
-            flat = self._load_script(args=[self.keys.version_prefix, *ecs_ids])
-            raws = {flat[n]: flat[n + 1] for n in range(0, len(flat), 2)}
-        return {i: decode_doc(i, raw) for i, raw in raws.items() if raw}
+        return self.snapshot(ecs_ids).docs if ecs_ids else {}
 
-    def _load_by_level(self, ecs_ids: list[str]) -> dict[str, str | None]:
+    def _snapshot_by_level(
+        self, record: str, ids: list[str]
+    ) -> tuple[str | None, list[str], dict[str, str | None]]:
+        """`snapshot` for an isolated call, whose overlay runs no scripts."""
+        keys = [self.keys.version(i) for i in ids] + [self.keys.head(i) for i in ids]
+        values = self._client.mget(keys + ([record] if record else []))
+        stored, heads = values[: len(ids)], values[len(ids) : 2 * len(ids)]
+        meant = [
+            uid if doc is not None else (head or "")
+            for uid, doc, head in zip(ids, stored, heads, strict=True)
+        ]
         found: dict[str, str | None] = {}
-        frontier = list(dict.fromkeys(ecs_ids))
-        while frontier:  # one batch per tree level; only inside an isolated child
+        frontier = list(dict.fromkeys(m for m in meant if m))
+        while frontier:  # one batch per tree level
             raws = self._client.mget([self.keys.version(i) for i in frontier])
             found.update(zip(frontier, raws, strict=True))
             below = (kid for i, raw in zip(frontier, raws, strict=True) if raw
                      for _, kid in decode_doc(i, raw)["kids"])  # fmt: skip
             frontier = [kid for kid in dict.fromkeys(below) if kid not in found]
-        return found
+        return (values[-1] if record else None), meant, found
 
     def _not_found(self, uid: str, kind: str) -> str:
         other = "lineage" if kind == "version" else "version"

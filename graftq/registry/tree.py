@@ -12,7 +12,9 @@ so an unchanged sub-entity is referenced, never copied. Documents are JSON::
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -20,6 +22,7 @@ import pydantic_core
 from pydantic import ValidationError
 
 from graftq.errors import CorruptVersion, InvalidEntity
+from graftq.registry import containers
 from graftq.registry.entity import IDENTITY_FIELDS, Entity, entity_class
 
 T = TypeVar("T")
@@ -63,22 +66,22 @@ def _walk(entity: Entity, on_path: set[int], seen: dict[int, Path]) -> Node:
 
 def _sub_entities(entity: Entity) -> Iterator[tuple[Path, Entity]]:
     for name in type(entity).model_fields:
-        if name not in IDENTITY_FIELDS:
-            yield from _find(getattr(entity, name), (name,))
+        if name in IDENTITY_FIELDS:
+            continue
+        value = getattr(entity, name)
+        for path, leaf in containers.leaves(value, (name,)):
+            if isinstance(leaf, Entity):
+                _check_keys(value, path)
+                yield typing.cast(Path, path), leaf
 
 
-def _find(value: Any, path: Path) -> Iterator[tuple[Path, Entity]]:
-    if isinstance(value, Entity):
-        yield path, value
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            yield from _find(item, (*path, index))
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if isinstance(key, str):
-                yield from _find(item, (*path, key))
-            elif any(True for _ in _find(item, ())):
-                raise InvalidEntity(f"dict keys holding entities must be str, got {key!r}")
+def _check_keys(value: Any, path: containers.Path) -> None:
+    """Stored paths are JSON: a dict key on the way to an entity must be a str."""
+    spot = value
+    for step in path[1:]:
+        if isinstance(spot, dict) and not isinstance(step, str):
+            raise InvalidEntity(f"dict keys holding entities must be str, got {step!r}")
+        spot = spot[step]
 
 
 def nodes(root: Node) -> Iterator[Node]:
@@ -106,13 +109,7 @@ def own_data(entity: Entity, kid_paths: list[Path]) -> dict[str, Any]:
 
 
 def _blank(value: Any) -> Any:
-    if isinstance(value, Entity):
-        return None
-    if isinstance(value, list | tuple):
-        return type(value)(_blank(item) for item in value)
-    if isinstance(value, dict):
-        return {key: _blank(item) for key, item in value.items()}
-    return value
+    return containers.map_leaves(value, lambda leaf: None if isinstance(leaf, Entity) else leaf)
 
 
 def encode(doc: Mapping[str, Any]) -> str:
@@ -139,9 +136,15 @@ def decode_doc(ecs_id: str, raw: str | bytes) -> dict[str, Any]:
     return doc
 
 
-def build(ecs_id: str, docs: Mapping[str, dict[str, Any]]) -> Entity:
-    """A fresh Entity tree for version `ecs_id` from parsed documents."""
-    return _assemble(ecs_id, docs, _validated)
+def build(
+    ecs_id: str, docs: Mapping[str, dict[str, Any]], fresh: AbstractSet[str] = frozenset()
+) -> Entity:
+    """A fresh Entity tree for version `ecs_id` from parsed documents.
+
+    A stored document that does not validate is a `CorruptVersion`; one of the
+    `fresh` documents a commit is about to write raises pydantic's `ValidationError`.
+    """
+    return _assemble(ecs_id, docs, lambda doc, data: _validated(doc, data, doc["ecs_id"] in fresh))
 
 
 def as_data(ecs_id: str, docs: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
@@ -169,11 +172,13 @@ def _assemble(
     return make(doc, data)
 
 
-def _validated(doc: dict[str, Any], data: dict[str, Any]) -> Entity:
+def _validated(doc: dict[str, Any], data: dict[str, Any], fresh: bool) -> Entity:
     cls = entity_class(doc["type"])
     try:
         return cls.model_validate(data, by_alias=False, by_name=True)
     except ValidationError as exc:
+        if fresh:
+            raise
         raise CorruptVersion(
             f"stored version {doc['ecs_id']} does not validate as {cls.__name__}: {exc}"
         ) from None

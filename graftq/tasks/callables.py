@@ -78,13 +78,20 @@ def _label(func: Any) -> str:
     return f"{module}.{getattr(func, '__qualname__', repr(func))}"
 
 
-def _version(func: Callable[..., Any]) -> str:
+def _version(func: Callable[..., Any], user_version: str | None) -> str:
+    """The function's own code, its name, and the version string the user bumps.
+
+    The code hash cannot see helpers the function calls; `register(version=...)` is
+    how a user says those changed (it is part of the memoization key).
+    """
     try:
         body = inspect.getsource(func).encode()
     except (OSError, TypeError):  # no source file: a published or generated function
         body = marshal.dumps(func.__code__)
     digest = hashlib.sha256(body)
     digest.update(b"\0" + func.__qualname__.encode())
+    if user_version is not None:
+        digest.update(b"\0version\0" + user_version.encode())
     return digest.hexdigest()[:16]
 
 
@@ -144,6 +151,7 @@ def describe(
     isolation: Isolation = "fork",
     time_limit: float | None = None,
     cache: bool = False,
+    version: str | None = None,
     published: bool = False,
 ) -> CallableInfo:
     """Build the ``CallableInfo`` of ``func``; any problem is a ``RegistrationError``."""
@@ -151,6 +159,8 @@ def describe(
     if not inspect.isfunction(func):
         raise RegistrationError(f"{where}: only plain functions can be registered")
     _check_options(where, name, isolation, time_limit)
+    if version is not None and not isinstance(version, str):
+        raise RegistrationError(f"{where}: version must be a string, not {version!r}")
     fields, returns = _fields(where, func)
     model_name = re.sub(r"\W", "_", name) + "Input"
     try:
@@ -177,7 +187,7 @@ def describe(
         isolation=isolation,
         time_limit=None if time_limit is None else float(time_limit),
         cache=bool(cache),
-        version=_version(func),
+        version=_version(func, version),
         input_model=input_model,
         output_adapter=output_adapter,
         is_async=inspect.iscoroutinefunction(func),
@@ -240,6 +250,7 @@ class CallableRegistry(Mapping[str, CallableInfo]):
         isolation: Isolation = "fork",
         time_limit: float | None = None,
         cache: bool = False,
+        version: str | None = None,
     ) -> F: ...
 
     @overload
@@ -251,6 +262,7 @@ class CallableRegistry(Mapping[str, CallableInfo]):
         isolation: Isolation = "fork",
         time_limit: float | None = None,
         cache: bool = False,
+        version: str | None = None,
     ) -> Callable[[F], F]: ...
 
     @overload
@@ -263,6 +275,7 @@ class CallableRegistry(Mapping[str, CallableInfo]):
         isolation: Isolation = "fork",
         time_limit: float | None = None,
         cache: bool = False,
+        version: str | None = None,
     ) -> Callable[[F], F]: ...
 
     def register(
@@ -274,10 +287,13 @@ class CallableRegistry(Mapping[str, CallableInfo]):
         isolation: Isolation = "fork",
         time_limit: float | None = None,
         cache: bool = False,
+        version: str | None = None,
     ) -> F | Callable[[F], F]:
         """Register a function: ``@register``, ``@register("name")`` or ``@register(name=...)``.
 
-        Returns the function itself, unchanged, so it stays callable and picklable.
+        ``cache=True`` memoizes a pure function; ``version`` is a string to bump when
+        code it calls changes (its own code is versioned automatically). Returns the
+        function itself, unchanged, so it stays callable and picklable.
         """
         if isinstance(func, str):
             if name is not None:
@@ -286,9 +302,15 @@ class CallableRegistry(Mapping[str, CallableInfo]):
 
         def decorate(f: F) -> F:
             given = getattr(f, "__name__", "") if name is None else name
-            self.add(
-                describe(f, name=given, isolation=isolation, time_limit=time_limit, cache=cache)
+            info = describe(
+                f,
+                name=given,
+                isolation=isolation,
+                time_limit=time_limit,
+                cache=cache,
+                version=version,
             )
+            self.add(info)
             return f
 
         return decorate if func is None else decorate(func)

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, overload
 
-from graftq.registry import references
+import pydantic
+
+from graftq.errors import GraftError
+from graftq.registry import containers, references
 from graftq.registry.entity import Entity
+from graftq.registry.execution import Execution, ExecutionStatus
 from graftq.registry.store import EntityRegistry
+from graftq.tasks import encoding
 from graftq.tasks.callables import CallableInfo
 
 
@@ -22,7 +27,12 @@ class Prepared:
     given: dict[str, Any]
     pinned: dict[str, Any]
     kwargs: dict[str, Any]
-    by_lineage: bool
+    read_by_head: frozenset[str]
+
+    @property
+    def by_lineage(self) -> bool:
+        """Whether any input was read by lineage reference (the head at resolution time)."""
+        return bool(self.read_by_head)
 
     def recorded_inputs(self) -> dict[str, Any]:
         """The inputs as the Execution records them: a whole entity by its version id,
@@ -36,62 +46,173 @@ class Prepared:
         return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
-def store_entities(
-    store: EntityRegistry, input_data: dict[str, Any], found: list[Entity]
-) -> dict[str, Any]:
-    """`input_data` with its Entity objects (`found`) stored and replaced by pinned references.
-
-    An unstored entity is stored as a first version, a modified one is forked
-    (a branch if its head moved): all in one transaction.
-    """
-    stored = iter(store.commit(found, branch=True).entities)
-    swapped: dict[str, Any] = _swap(dict(input_data), lambda _: f"@{next(stored).ecs_id}")
-    return swapped
-
-
-def _swap(data: Any, on_entity: Any) -> Any:
-    if isinstance(data, Entity):
-        return on_entity(data)
-    if isinstance(data, str) and data.startswith("@"):
-        return data
-    if isinstance(data, dict):
-        return {key: _swap(value, on_entity) for key, value in data.items()}
-    if isinstance(data, list | tuple):
-        return [_swap(value, on_entity) for value in data]
-    return data
-
-
-def _record(pinned: Any) -> Any:
-    if isinstance(pinned, str) and pinned.startswith("@"):
-        parsed = references.parse(pinned)
-        if isinstance(parsed, references.Reference) and not parsed.path:
-            return parsed.uuid
-        return parsed if isinstance(parsed, str) else pinned
-    if isinstance(pinned, dict):
-        return {key: _record(value) for key, value in pinned.items()}
-    if isinstance(pinned, list):
-        return [_record(value) for value in pinned]
-    return pinned
-
-
-def prepare(store: EntityRegistry, info: CallableInfo, input_data: Mapping[str, Any]) -> Prepared:
-    """Resolve and validate; raises before anything runs, is enqueued or is written.
-
-    Entity objects among the values are validated as given first, and only
-    then stored, so bad input leaves no trace in the store.
-    """
+def as_input(input_data: Any) -> dict[str, Any]:
+    """A private dict of the input; anything but a mapping is a TypeError."""
     if not isinstance(input_data, Mapping):
         raise TypeError(
             f"input must be a dict of parameter name → value, got {type(input_data).__name__}"
         )
-    given = dict(input_data)
-    found: list[Entity] = []
-    _swap(given, found.append)
-    resolution = references.resolve(store, given)
+    return dict(input_data)
+
+
+def input_digest(info: CallableInfo, input_data: Mapping[str, Any]) -> str:
+    """What one execution id stands for: the callable and its input exactly as given.
+
+    A redelivered job carries the same digest; another job reusing the id does not.
+    """
+    canonical = json.dumps(
+        [info.name, encoding.encode(as_input(input_data))], sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def store_entities(store: EntityRegistry, givens: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The inputs with their Entity objects stored and replaced by pinned references.
+
+    An unstored entity is stored as a first version, a modified one is forked
+    (a branch if its head moved): all of them in one transaction.
+    """
+    found = [leaf for given in givens for _, leaf in containers.leaves(given) if _is_entity(leaf)]
+    stored = iter(store.commit(found, branch=True).entities)
+    return [
+        containers.map_leaves(
+            g, lambda leaf: f"@{next(stored).ecs_id}" if _is_entity(leaf) else leaf
+        )
+        for g in givens
+    ]
+
+
+def _is_entity(value: Any) -> bool:
+    return isinstance(value, Entity)
+
+
+def _has_entities(given: dict[str, Any]) -> bool:
+    return any(_is_entity(leaf) for _, leaf in containers.leaves(given))
+
+
+def _record(pinned: Any) -> Any:
+    def change(leaf: Any) -> Any:
+        if not (isinstance(leaf, str) and leaf.startswith("@")):
+            return leaf
+        parsed = references.parse(leaf)
+        if isinstance(parsed, references.Reference) and not parsed.path:
+            return parsed.uuid
+        return parsed if isinstance(parsed, str) else leaf
+
+    return containers.map_leaves(pinned, change)
+
+
+@dataclass(frozen=True)
+class Done:
+    """The execution asked about in `prepare(..., replay_of=...)` already succeeded."""
+
+    execution: Execution
+
+
+@overload
+def prepare(
+    store: EntityRegistry, info: CallableInfo, input_data: Mapping[str, Any]
+) -> Prepared: ...
+
+
+@overload
+def prepare(
+    store: EntityRegistry,
+    info: CallableInfo,
+    input_data: Mapping[str, Any],
+    *,
+    replay_of: str | None,
+) -> Prepared | Done: ...
+
+
+def prepare(
+    store: EntityRegistry,
+    info: CallableInfo,
+    input_data: Mapping[str, Any],
+    *,
+    replay_of: str | None = None,
+) -> Prepared | Done:
+    """Resolve and validate; raises before anything runs, is enqueued or is written.
+
+    Entity objects among the values are validated as given first, and only
+    then stored, so bad input leaves no trace in the store. With `replay_of`, that
+    execution's record is read in the same round trip as the inputs; if it
+    succeeded, `Done` comes back and nothing is validated.
+    """
+    given = as_input(input_data)
+    resolution = references.resolve(store, given, execution_id=replay_of)
+    done = resolution.execution
+    if done is not None and done.status is ExecutionStatus.SUCCESS:
+        return Done(done)
     kwargs = info.validate_input(resolution.value)
-    if found:  # now that the input is known good, store the objects and read them back
-        given = store_entities(store, given, found)
+    if _has_entities(given):  # the input is known good: store the objects, read them back
+        [given] = store_entities(store, [given])
         resolution = references.resolve(store, given)
         kwargs = info.validate_input(resolution.value)
-    by_lineage = any(ref.by_lineage for ref in resolution.references)
-    return Prepared(info, given, resolution.pinned, kwargs, by_lineage)
+    return Prepared(info, given, resolution.pinned, kwargs, resolution.read_by_head)
+
+
+def prepare_many(
+    store: EntityRegistry, info: CallableInfo, inputs: Sequence[Mapping[str, Any]]
+) -> list[Prepared]:
+    """`prepare` for a batch: one read resolves the references of every input.
+
+    Any error names the index of the input it came from; then nothing was written.
+    """
+    givens = [_at(index, as_input, data) for index, data in enumerate(inputs)]
+    resolutions = _resolve_many(store, givens)
+    kwargs = [_at(i, info.validate_input, r.value) for i, r in enumerate(resolutions)]
+    if any(_has_entities(given) for given in givens):  # all entity objects in one transaction
+        givens = store_entities(store, givens)
+        resolutions = _resolve_many(store, givens)
+        kwargs = [_at(i, info.validate_input, r.value) for i, r in enumerate(resolutions)]
+    return [
+        Prepared(info, given, resolution.pinned, args, resolution.read_by_head)
+        for given, resolution, args in zip(givens, resolutions, kwargs, strict=True)
+    ]
+
+
+def _resolve_many(
+    store: EntityRegistry, givens: list[dict[str, Any]]
+) -> list[references.Resolution]:
+    found = [_at(i, references.collect, given) for i, given in enumerate(givens)]
+    uuids = [ref.uuid for refs in found for ref in refs]
+    snapshot = store.snapshot(uuids) if uuids else None
+    return [
+        _at(i, lambda pair: references.resolved(pair[0], pair[1], snapshot), (given, refs))
+        for i, (given, refs) in enumerate(zip(givens, found, strict=True))
+    ]
+
+
+T = TypeVar("T")
+
+
+def _at(index: int, step: Callable[[Any], T], value: Any) -> T:
+    """`step(value)`; an error names the batch index it came from."""
+    try:
+        return step(value)
+    except pydantic.ValidationError as exc:
+        title = f"input {index} of the batch: {exc.title}"
+        raise validation_error(title, exc.errors(include_url=False)) from None
+    except (GraftError, TypeError) as exc:
+        try:
+            again = type(exc)(f"input {index} of the batch: {exc}")
+        except Exception:  # an exception type with another signature keeps its own message
+            exc.add_note(f"in input {index} of the batch")
+            raise
+        raise again from None
+
+
+def validation_error(title: str, errors: Sequence[Mapping[str, Any]]) -> pydantic.ValidationError:
+    """Pydantic's ValidationError rebuilt from its `errors()` under another title."""
+    lines: list[Any] = []
+    for error in errors:
+        line = {
+            "type": error["type"],
+            "loc": tuple(error.get("loc", ())),
+            "input": error.get("input"),
+        }
+        if error.get("ctx"):
+            line["ctx"] = error["ctx"]
+        lines.append(line)
+    return pydantic.ValidationError.from_exception_data(title, lines)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
 import os
 import random
@@ -19,33 +20,32 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import cloudpickle
 import pydantic
 import pydantic_core
 import redis
 
-from graftq.errors import ReturnTypeError, VersionConflict
+from graftq.errors import GraftError, ReturnTypeError, VersionConflict
 from graftq.registry.execution import Execution, ExecutionStatus
+from graftq.registry.overlay import isolate_stores
 from graftq.registry.store import EntityRegistry
-from graftq.tasks import results
+from graftq.tasks import encoding, results
 from graftq.tasks.callables import CallableInfo
-from graftq.tasks.inputs import Prepared, prepare
+from graftq.tasks.inputs import Done, Prepared, input_digest, prepare
 from graftq.tasks.isolation import run_isolated
 
 log = logging.getLogger(__name__)
 
-_JSON, _PICKLE = b"J", b"P"
-RERUN_BACKOFF_BASE = 0.005  # seconds; doubles per re-run
-RERUN_BACKOFF_CAP = 0.5
+RERUN_BACKOFF_BASE = 0.002  # seconds; doubles per re-run after the first, which is at once
+RERUN_BACKOFF_CAP = 0.05
 
 
 @dataclass(frozen=True)
 class Call:
-    """One execution to run: its id, who runs it, and how often a head move may re-run it."""
+    """One execution to run: its id, who runs it, and how long head moves may re-run it."""
 
     execution_id: str
     worker: str
-    max_reruns: int = 10
+    rerun_timeout: float = 60.0
     check_replay: bool = False
 
 
@@ -61,8 +61,8 @@ class Ran:
     execution: Execution
 
 
-def replayed(store: EntityRegistry, info: CallableInfo, execution: Execution) -> Ran:
-    return Ran(results.replay(store, info, execution.result, execution.outputs), execution)
+def replayed(store: EntityRegistry, execution: Execution) -> Ran:
+    return Ran(results.replay(store, execution.result, execution.outputs), execution)
 
 
 def run_call(
@@ -70,58 +70,108 @@ def run_call(
 ) -> Ran:
     """Run once per execution id; the typed result with its Execution.
 
-    Inputs given by lineage are re-resolved and the function re-run when a head
-    moved before the commit (at most `max_reruns` times); with only pinned
-    inputs the result is stored as a branch instead.
+    When a head moved before the commit, inputs read by lineage are re-resolved and
+    the function re-run (for up to `rerun_timeout` seconds); lineages read only
+    pinned get their new versions stored as branches instead.
     """
-    if call.check_replay and (done := store.execution(call.execution_id)) is not None:
-        if done.status is ExecutionStatus.SUCCESS:
-            return replayed(store, info, done)
+    digest = input_digest(info, input_data)
     started = datetime.now(UTC)
-    for attempt in range(1, call.max_reruns + 2):
-        prepared = prepare(store, info, input_data)
+    deadline = time.monotonic() + call.rerun_timeout
+    for attempt in itertools.count(1):
+        replay_of = call.execution_id if call.check_replay and attempt == 1 else None
+        prepared = prepare(store, info, input_data, replay_of=replay_of)
+        if isinstance(prepared, Done):  # a redelivery of a job that already committed
+            return replayed(store, _same_job(prepared.execution, info, digest))
         memo_key = _memo_key(store, prepared)
         if memo_key and (hit := store.memoized(memo_key)) is not None:
-            return replayed(store, info, hit)
+            return replayed(store, hit)
+        run = _Run(store, prepared, call, started, digest)
         try:
-            value = execute_body(store, prepared)
-        except BaseException as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            failed = _record(prepared, call, started, status=ExecutionStatus.FAILURE, error=error)
-            try:
-                store.commit([], execution=failed)
-            except redis.RedisError:  # the run's own error matters more than its record
-                log.warning("could not record failed execution %s", call.execution_id)
-            raise
-        execution = _record(
-            prepared,
-            call,
-            started,
-            status=ExecutionStatus.SUCCESS,
-            result=results.recorded(value),
-            attempts=attempt,
-        )
-        try:
+            recorded = results.record(execute_body(store, prepared))
             committed = store.commit(
-                results.root_entities(value),
-                branch=not prepared.by_lineage,
-                execution=execution,
+                recorded.entities,
+                branch=True,
+                strict=prepared.read_by_head,
+                execution=run.record(
+                    ExecutionStatus.SUCCESS, result=recorded.data, attempts=attempt
+                ),
                 memo_key=memo_key,
             )
-        except VersionConflict:
-            if attempt > call.max_reruns:
-                raise
-            time.sleep(_backoff(attempt))
-            continue
+        except VersionConflict as exc:
+            if time.monotonic() < deadline:
+                time.sleep(_backoff(attempt))
+                continue
+            run.failed(exc, attempt)
+            raise
+        except BaseException as exc:
+            run.failed(exc, attempt)
+            raise
         assert committed.execution is not None
         if committed.replayed:
-            return replayed(store, info, committed.execution)
-        return Ran(results.with_stored(value, committed.entities), committed.execution)
+            return replayed(store, _same_job(committed.execution, info, digest))
+        return Ran(results.rebuild(recorded.data, committed.entities), committed.execution)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+@dataclass(frozen=True)
+class _Run:
+    """One attempt's Execution record, for success or (recorded best effort) failure."""
+
+    store: EntityRegistry
+    prepared: Prepared
+    call: Call
+    started: datetime
+    digest: str
+
+    def record(self, status: ExecutionStatus, **outcome: Any) -> Execution:
+        return Execution(
+            id=self.call.execution_id,
+            callable=self.prepared.info.name,
+            callable_version=self.prepared.info.version,
+            inputs=self.prepared.recorded_inputs(),
+            input_digest=self.digest,
+            started_at=self.started,
+            finished_at=datetime.now(UTC),
+            worker=self.call.worker,
+            status=status,
+            **outcome,
+        )
+
+    def failed(self, exc: BaseException, attempts: int) -> None:
+        """Record the failure; a successful record of this id is never replaced."""
+        failed = self.record(
+            ExecutionStatus.FAILURE, error=f"{type(exc).__name__}: {exc}", attempts=attempts
+        )
+        try:
+            self.store.commit([], execution=failed)
+        except redis.RedisError:  # the run's own error matters more than its record
+            log.warning("could not record failed execution %s", self.call.execution_id)
+
+
+def _same_job(done: Execution, info: CallableInfo, digest: str) -> Execution:
+    """`done`, if it is the record of this very job; an id reused by another job is refused."""
+    if done.callable != info.name:
+        raise GraftError(
+            f"execution {done.id} is already recorded for callable {done.callable!r}; "
+            f"refusing to answer a job of {info.name!r} with its result (reused task id?)"
+        )
+    if done.input_digest is not None and done.input_digest != digest:
+        raise GraftError(
+            f"execution {done.id} of {info.name!r} is already recorded with other inputs "
+            f"({done.inputs}); refusing to answer this job with its result (reused task id?)"
+        )
+    return done
+
+
 def _backoff(attempt: int) -> float:
-    """Full-jitter exponential backoff before a re-run, so contenders spread out."""
+    """How long to wait before re-run `attempt`: the first at once, then full jitter.
+
+    A job that lost a race re-runs before the winner's process has fetched its next
+    message, so on a worker's own pool the loser goes next instead of starving;
+    among many contenders the growing jitter spreads them out.
+    """
+    if attempt <= 1:
+        return 0.0
     return random.uniform(0, min(RERUN_BACKOFF_CAP, RERUN_BACKOFF_BASE * 2**attempt))
 
 
@@ -135,13 +185,14 @@ def execute_body(store: EntityRegistry, prepared: Prepared) -> Any:
         return info.func(**prepared.kwargs)
 
     body.__qualname__ = f"callable {info.name!r}"
-    return run_isolated(
+    value = run_isolated(
         body,
-        encode=lambda value: _encode(info, value),
-        decode=lambda payload: _decode(info, payload),
+        encode=lambda value: pydantic_core.to_json(encoding.encode(value, pickles=True)),
+        decode=lambda payload: encoding.decode(pydantic_core.from_json(payload), pickles=True),
         time_limit=info.time_limit,
-        setup=store.isolate,
+        setup=isolate_stores,
     )
+    return _admitted(info, value)
 
 
 def _call_inline(info: CallableInfo, kwargs: dict[str, Any]) -> Any:
@@ -166,49 +217,24 @@ async def _awaited(awaitable: Any) -> Any:
 
 
 def _admitted(info: CallableInfo, value: Any) -> Any:
-    """The value if the return annotation admits it (strictly), else ReturnTypeError."""
+    """The value itself, if the return annotation admits it (strictly), else ReturnTypeError.
+
+    The annotation is a check, not a conversion: what comes back is what the function
+    returned, so an isolated call returns the same objects as an inline one.
+    """
     try:
-        return info.output_adapter.validate_python(value, strict=True)
+        info.output_adapter.validate_python(value, strict=True)
     except pydantic.ValidationError as exc:
         raise ReturnTypeError(
             f"callable {info.name!r} returned {type(value).__name__} {value!r:.200}, which "
             f"its return annotation {_annotation(info)} does not admit: {exc}"
         ) from None
+    return value
 
 
 def _annotation(info: CallableInfo) -> str:
     shown = typing.get_type_hints(info.func).get("return")
     return getattr(shown, "__name__", None) or repr(shown)
-
-
-def _encode(info: CallableInfo, value: Any) -> bytes:
-    """In the child: check the value, then JSON (cloudpickle only if JSON cannot hold it)."""
-    admitted = _admitted(info, value)
-    try:
-        return _JSON + info.output_adapter.dump_json(admitted)
-    except pydantic_core.PydanticSerializationError:
-        pickled: bytes = cloudpickle.dumps(admitted)
-        return _PICKLE + pickled
-
-
-def _decode(info: CallableInfo, payload: bytes) -> Any:
-    if payload[:1] == _JSON:
-        return info.output_adapter.validate_json(payload[1:])
-    return cloudpickle.loads(payload[1:])
-
-
-def _record(prepared: Prepared, call: Call, started: datetime, **outcome: Any) -> Execution:
-    """The Execution record of this run; `outcome` gives status, result or error, attempts."""
-    return Execution(
-        id=call.execution_id,
-        callable=prepared.info.name,
-        callable_version=prepared.info.version,
-        inputs=prepared.recorded_inputs(),
-        started_at=started,
-        finished_at=datetime.now(UTC),
-        worker=call.worker,
-        **outcome,
-    )
 
 
 def _memo_key(store: EntityRegistry, prepared: Prepared) -> str | None:

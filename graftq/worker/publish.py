@@ -21,7 +21,8 @@ from typing import Any
 import cloudpickle
 import redis
 
-from graftq.errors import RegistrationError, SignatureError, UnknownCallable
+from graftq.errors import IsolationError, RegistrationError, SignatureError, UnknownCallable
+from graftq.registry import overlay
 from graftq.registry.keys import Keys
 from graftq.tasks.callables import CallableInfo, describe
 
@@ -55,6 +56,11 @@ class Functions:
 
     def publish(self, func: Callable[..., Any], name: str | None = None) -> CallableInfo:
         """Sign and store `func`; its info, whose `version` is the content hash."""
+        if overlay.isolated():
+            raise IsolationError(
+                "app.publish inside an isolated call is refused: a body's writes never "
+                "reach Redis; publish from the producer instead"
+            )
         if not self._signing_key:
             raise RegistrationError(
                 "cannot publish without a signing key: set GRAFTQ_SIGNING_KEY "

@@ -2,9 +2,9 @@
 
 Every callable becomes the task ``graftq.<name>``. Its message is the same
 input JSON that `submit` takes, as the first positional argument (or, for
-clients such as Flower's send-task form, as the keyword arguments), plus
-``_graftq``: what the producer resolved the references to. The Celery task id
-is the execution id, which makes the commit idempotent per delivery.
+clients such as Flower's send-task form, as the keyword arguments); a published
+function's job adds ``_graftq``: its name and version. The Celery task id is the
+execution id, which makes the commit idempotent per delivery.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from graftq.registry.store import EntityRegistry
 from graftq.settings import Settings
 from graftq.tasks.callables import CallableInfo
 from graftq.tasks.runner import Call, run_call
+from graftq.worker import logs
 
 TASK_PREFIX = "graftq."
 PUBLISHED_TASK = "graftq.published"
@@ -66,11 +67,15 @@ def run_job(
     call = Call(
         execution_id=str(request.id),
         worker=str(request.hostname or "unknown"),
-        max_reruns=settings.max_reruns,
+        rerun_timeout=settings.rerun_timeout,
         check_replay=True,
     )
     try:
-        ran = run_call(store, info, input_data, call)
+        with logs.job(
+            info.name, call.execution_id, lambda: store.execution(call.execution_id)
+        ) as summary:
+            ran = run_call(store, info, input_data, call)
+            summary.execution = ran.execution
     except pydantic.ValidationError as exc:
         raise InvalidInput(str(exc), _errors(exc), exc.title) from None
     except SoftTimeLimitExceeded:
@@ -78,12 +83,8 @@ def run_job(
             f"job {request.id} ({info.name}) hit Celery's soft time limit; its child was killed"
         ) from None
     execution = ran.execution
-    return {
-        "execution_id": execution.id,
-        "result": execution.result,
-        "outputs": execution.outputs,
-        "branched": execution.branched,
-    }
+    # The result itself lives once, in the Execution record; Celery keeps how to find it.
+    return {"execution_id": execution.id, "outputs": execution.outputs}
 
 
 def _errors(exc: pydantic.ValidationError) -> Any:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
@@ -120,6 +121,13 @@ def make_app(name: str = "school") -> App:
         student.age = 1000
         app.entities.put(student)
         return student.age
+
+    @app.register
+    def chatty(message: str) -> int:
+        """Logs and prints from inside the isolated body."""
+        logging.getLogger("tests.apps.school").warning("chatty says %s", message)
+        print(f"chatty prints {message}")
+        return len(message)
 
     @app.register
     async def async_birthday(student: Student) -> Student:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -142,6 +143,7 @@ def test_demo_uses_a_reachable_redis(redis_url: str, redis_client: redis.Redis) 
     assert code == 0, text
     assert "started a private" not in text
     assert "graph TD" in text
+    assert_shows_the_whole_idea(text)
     keys = list(redis_client.scan_iter(match="graftq-demo:*", count=1000))
     assert keys, "the demo wrote nothing to the reachable Redis"
     assert any(key.startswith("graftq-demo:v:") for key in keys)
@@ -154,3 +156,21 @@ def test_demo_uses_a_reachable_redis(redis_url: str, redis_client: redis.Redis) 
         time.sleep(0.1)
         left = {p for p in left if _alive(p)}
     assert not left, f"processes left behind by graftq demo: {left}"
+
+
+def assert_shows_the_whole_idea(text: str) -> None:
+    """Each part of the demo printed what it is there to show."""
+    uuid = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    head = re.search(rf"birthday\(@<lineage>\) -> age 21: new version ({uuid})", text)
+    assert head, text
+    assert re.search(
+        rf"birthday\(@<first version>\) -> a branch {uuid}; the head stays {head[1]}", text
+    )
+    assert re.search(rf"address ({uuid}) -> (?!\1){uuid} \(city Lyon\)", text)  # nested edit
+    assert re.search(rf"student {head[1]} -> {uuid} \(parent {head[1]}\)", text)  # its ancestor
+    assert "transform_student -> GraduateStudent lineage" in text
+    assert re.search(rf"execution {uuid}: status FAILURE, error 'ValueError: Ada cannot be", text)
+    assert "counter value 20: a chain of 21 versions" in text
+    assert "20 increment jobs: all done" in text
+    assert "graftq.demo.Student" in text and "derived_from" in text  # the ls table
+    assert "-->|move|" in text and "(head)" in text

@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pty
+import re
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +24,8 @@ from graftq import App
 from graftq.devserver import RedisServer, WorkerProcess
 from tests.apps.school import Student
 from tests.integration.cli.conftest import CLI, SCHOOL, Ada, output
+
+SPINNER = set("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏")  # rich's default "dots" spinner
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +155,46 @@ def test_submit_wait_timeout_prints_no_traceback(on_worker: CLI, tmp_path: Path)
     assert proc.returncode == 1
     assert "Traceback" not in output(proc), output(proc)
     assert "Exception ignored" not in output(proc)
+
+
+def test_submit_wait_shows_plain_progress_lines_on_stderr_when_not_a_terminal(
+    on_worker: CLI, ada: Ada
+) -> None:
+    proc = on_worker(
+        "submit", "--app", SCHOOL, "birthday",
+        "--input", json.dumps({"student": f"@{ada.lineage_id}"}),
+        "--wait", "--timeout", "30",
+    )  # fmt: skip
+    assert proc.returncode == 0, output(proc)
+    job_id = proc.stdout.split()[1]
+    assert re.search(rf"^birthday job {job_id}: SUCCESS after \d+\.\ds$", proc.stderr, re.M)
+    assert "\x1b" not in proc.stderr and not SPINNER & set(proc.stderr), proc.stderr
+
+
+def test_submit_wait_shows_a_spinner_on_a_terminal(
+    cli_env: dict[str, str], broker_url: str, worker: WorkerProcess, ada: Ada
+) -> None:
+    env = {**cli_env, "GRAFTQ_BROKER_URL": broker_url, "GRAFTQ_RESULT_BACKEND": broker_url}
+    env.pop("NO_COLOR", None)
+    env["TERM"] = "xterm-256color"
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "graftq.cli", "submit", "--app", SCHOOL, "sleepy",
+             "--input", json.dumps({"seconds": 1.0, "pid_file": os.devnull}),
+             "--wait", "--timeout", "30"],
+            env=env, stdout=subprocess.PIPE, stderr=follower, text=True,
+        )  # fmt: skip
+        os.close(follower)
+        screen = b""
+        with contextlib.suppress(OSError):  # EIO once the child closed the terminal
+            while chunk := os.read(leader, 4096):
+                screen += chunk
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        os.close(leader)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode(errors="replace"))
+    assert proc.returncode == 0, text + out
+    assert SPINNER & set(text), text  # rich's spinner frames were drawn
+    assert re.search(r"sleepy job \S+: SUCCESS after \d+\.\ds", text), text
+    assert out.strip().endswith("1")  # the value itself still goes to stdout

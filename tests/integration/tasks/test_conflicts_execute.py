@@ -62,10 +62,10 @@ def assert_one_chain(store: EntityRegistry, counter: Counter, results: list[Any]
 def test_concurrent_lineage_increments_form_one_chain(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Enough re-runs that no job can run out of them: this checks the re-run itself.
+    # Time enough for re-runs that no job can run out of them: this checks the re-run itself.
     # A body of 20 ms (read in the forked child) makes head moves under a run certain.
     monkeypatch.setenv("GRAFTQ_REDIS_URL", redis_url)
-    monkeypatch.setenv("GRAFTQ_MAX_RERUNS", "1000")
+    monkeypatch.setenv("GRAFTQ_RERUN_TIMEOUT", "600")
     monkeypatch.setenv("GRAFTQ_TEST_INCREMENT_PAUSE", "0.02")
     app = make_app()
     counter = put_counter(app.entities)
@@ -82,7 +82,7 @@ def test_concurrent_lineage_increments_form_one_chain(
 def test_concurrent_lineage_increments_with_default_settings(
     app: App, store: EntityRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Default max_reruns: re-runs must spread out (a body of 50 ms, read in the forked
+    # Default rerun_timeout: re-runs must spread out (a body of 50 ms, read in the forked
     # child, makes the same threads win every race unless they do).
     monkeypatch.setenv("GRAFTQ_TEST_INCREMENT_PAUSE", "0.05")
     counter = put_counter(store)

@@ -17,6 +17,7 @@ from graftq import App
 from graftq.devserver import RedisServer
 from tests.apps.school import Student
 from tests.integration.worker.conftest import SCHOOL, Node, new_queue, running
+from tests.integration.worker.helpers import wait_until
 
 
 class Tripwire:
@@ -74,6 +75,10 @@ def test_published_function_runs_on_a_worker_that_never_imported_it(
         run = app.entities.provenance(new.ecs_id)
         assert run is not None and run.callable == "shout" and run.callable_version == version
         assert run.worker == node.node
+        # Flower and the worker's log name the job by its callable, not graftq.published
+        wait_until(
+            lambda: f"Task graftq.shout[{job.id}] received" in node.proc.log(), 30, "log line"
+        )
 
         # A changed function under the same name is a new version, recorded per execution.
         newer = app.publish(make_shout(tmp_path / "unpickled-2"))

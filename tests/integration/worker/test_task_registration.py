@@ -31,8 +31,8 @@ def test_two_apps_in_one_process_each_run_their_own_callable(redis_url: str) -> 
         ran = task.apply(args=[{"x": 1}])
         payload = ran.get(timeout=30)
 
-    assert payload["result"] == "second"
-    assert second.entities.execution(ran.id) is not None
+    recorded = second.entities.execution(payload["execution_id"])
+    assert recorded is not None and recorded.result == "second"
     assert first.entities.execution(ran.id) is None
     duplicates = [w for w in caught if issubclass(w.category, DuplicateTaskNameWarning)]
     assert not [w for w in duplicates if "graftq.which" in str(w.message)]

@@ -1,0 +1,1 @@
+"""Examples of graftq in use; run them from the repository root."""

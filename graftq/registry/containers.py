@@ -1,0 +1,53 @@
+"""The one walk over plain containers, so every pass over values agrees on what they are.
+
+Containers are lists, tuples (named tuples included) and dicts; everything else —
+entities and other models included — is a leaf. A path step is a list or tuple
+index or a dict key. Rebuilt containers keep their kind: a list stays a list, a
+tuple stays a tuple of the same class, a dict keeps its key order. Entity trees,
+references in inputs, entities in return values and the typed result encoding all
+walk through here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any
+
+PathStep = Hashable
+Path = tuple[PathStep, ...]
+
+
+def is_container(value: Any) -> bool:
+    return isinstance(value, list | tuple | dict)
+
+
+def leaves(value: Any, path: Path = ()) -> Iterator[tuple[Path, Any]]:
+    """Every leaf under `value` with its path, in document order."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from leaves(item, (*path, key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from leaves(item, (*path, index))
+    else:
+        yield path, value
+
+
+def map_leaves(value: Any, change: Callable[[Any], Any]) -> Any:
+    """`value` with every leaf replaced by `change(leaf)`, containers rebuilt in kind."""
+    if isinstance(value, dict):
+        return {key: map_leaves(item, change) for key, item in value.items()}
+    if isinstance(value, list):
+        return [map_leaves(item, change) for item in value]
+    if isinstance(value, tuple):
+        return rebuild_tuple(type(value), [map_leaves(item, change) for item in value])
+    return change(value)
+
+
+def rebuild_tuple(kind: type[tuple[Any, ...]], items: list[Any]) -> tuple[Any, ...]:
+    """A tuple of class `kind` holding `items` (a named tuple takes them by position)."""
+    if kind is tuple:
+        return tuple(items)
+    if hasattr(kind, "_fields"):
+        return kind(*items)
+    return kind(items)

@@ -1,0 +1,289 @@
+"""Typed JSON: a value with its concrete classes, as JSON data.
+
+Return values cross the fork and live in Execution records in this form, so a value
+annotated `-> Entity`, a base class, `-> Any` or `-> dict` comes back with the
+classes that were returned, never rebuilt from the annotation (SPEC section 5).
+
+JSON scalars, lists and dicts with str keys stand for themselves. Everything else is
+a tag, a dict whose key ``"\\x00"`` names the kind::
+
+    {"\\x00": "model", "c": class, "v": {"d": fields, "s": set, "x": extra, "p": private}}
+    {"\\x00": "tuple" | "set" | "frozenset", "v": [...]}     (a named tuple adds "c")
+    {"\\x00": "dict", "v": [[key, value], ...]}               (non-str or "\\x00..." keys)
+    {"\\x00": "enum", "c": class, "v": value}
+    {"\\x00": "datetime" | "date" | "time" | "uuid" | "decimal" | "path" | "float", "v": str}
+    {"\\x00": "timedelta", "v": [days, seconds, microseconds]}
+    {"\\x00": "bytes", "v": base64}
+    {"\\x00": "same", "i": n}        the n-th model again (shared objects stay shared)
+    {"\\x00": "output", "i": n}      an entity replaced by `encode(..., entity=...)`
+    {"\\x00": "pickle", "v": base64} anything else, only where `pickles=True` (the fork)
+    {"\\x00": "repr", "v": text}     anything else, elsewhere: decodes to its repr
+
+A model is rebuilt as pickle would (``__setstate__``, no validators run), so the
+value is the one that was returned. Classes are named by module and qualified name
+(Entity subclasses by their ``graftq_type``) and found only among classes this
+process defines: a name never imports or calls anything else.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import enum
+import pathlib
+import sys
+import uuid
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+import cloudpickle
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from graftq.errors import GraftError
+from graftq.registry import containers
+from graftq.registry.entity import Entity, entity_class
+
+TAG = "\x00"
+_SCALARS: dict[type, tuple[str, Callable[[Any], Any], Callable[[Any], Any]]] = {
+    dt.datetime: ("datetime", dt.datetime.isoformat, dt.datetime.fromisoformat),
+    dt.date: ("date", dt.date.isoformat, dt.date.fromisoformat),
+    dt.time: ("time", dt.time.isoformat, dt.time.fromisoformat),
+    uuid.UUID: ("uuid", str, uuid.UUID),
+    decimal.Decimal: ("decimal", str, decimal.Decimal),
+    float: ("float", repr, float),  # only inf and nan: finite floats are JSON
+    dt.timedelta: (
+        "timedelta",
+        lambda d: [d.days, d.seconds, d.microseconds],
+        lambda v: dt.timedelta(*v),
+    ),
+    bytes: ("bytes", lambda b: base64.b64encode(b).decode(), base64.b64decode),
+}
+_BY_KIND = {kind: load for kind, _, load in _SCALARS.values()}
+_JSON_SCALARS = (str, int, bool, type(None))
+
+EntityHook = Callable[[Entity], Any]
+
+
+class EncodingError(GraftError, TypeError):
+    """A value cannot be carried as typed JSON."""
+
+
+def encode(value: Any, *, entity: EntityHook | None = None, pickles: bool = False) -> Any:
+    """`value` as typed JSON data.
+
+    `entity`, if given, replaces each entity not inside another entity (its result
+    is used as is); `pickles` lets values with no typed form travel by cloudpickle.
+    """
+    return _Encoder(entity, pickles).encode(value)
+
+
+def decode(data: Any, *, outputs: list[Entity] | None = None, pickles: bool = False) -> Any:
+    """The value `data` encodes; `{"output": i}` tags become `outputs[i]`.
+
+    Pickles are refused unless `pickles` (only data from our own isolated child
+    may carry them, never data read back from Redis).
+    """
+    return _Decoder(outputs or [], pickles).decode(data)
+
+
+class _Encoder:
+    def __init__(self, entity: EntityHook | None, pickles: bool) -> None:
+        self._entity = entity
+        self._pickles = pickles
+        self._models: dict[int, int] = {}  # id(model) -> its number, so sharing survives
+
+    def encode(self, value: Any) -> Any:
+        kind = type(value)
+        if kind in _JSON_SCALARS or (kind is float and value - value == 0):
+            return value
+        if kind is list:
+            return [self.encode(item) for item in value]
+        if kind is dict:
+            if all(type(key) is str and not key.startswith(TAG) for key in value):
+                return {key: self.encode(item) for key, item in value.items()}
+            return _tag("dict", [[self.encode(k), self.encode(v)] for k, v in value.items()])
+        if isinstance(value, BaseModel):
+            if self._entity is not None and isinstance(value, Entity):
+                return self._entity(value)
+            return self._model(value)
+        return self._other(value)
+
+    def _model(self, model: BaseModel) -> Any:
+        if id(model) in self._models:  # the same object again (or a cycle): point back at it
+            return {TAG: "same", "i": self._models[id(model)]}
+        self._models[id(model)] = len(self._models)
+        state = model.__getstate__()
+        encoded = {
+            "d": {name: self.encode(item) for name, item in state["__dict__"].items()},
+            "s": sorted(state["__pydantic_fields_set__"]),
+        }
+        if state["__pydantic_extra__"] is not None:
+            encoded["x"] = self.encode(state["__pydantic_extra__"])
+        if self._pickles and state["__pydantic_private__"]:
+            encoded["p"] = self.encode(state["__pydantic_private__"])
+        return {TAG: "model", "c": class_name(type(model)), "v": encoded}
+
+    def _other(self, value: Any) -> Any:
+        if isinstance(value, enum.Enum):
+            return {TAG: "enum", "c": class_name(type(value)), "v": self.encode(value.value)}
+        if isinstance(value, tuple):
+            tagged = _tag("tuple", [self.encode(item) for item in value])
+            if type(value) is not tuple:
+                tagged["c"] = class_name(type(value))
+            return tagged
+        if isinstance(value, set | frozenset):
+            kind = "set" if isinstance(value, set) else "frozenset"
+            return _tag(kind, [self.encode(item) for item in value])
+        if isinstance(value, str | int):  # a subclass of a JSON scalar: keep the value
+            return str(value) if isinstance(value, str) else int(value)
+        if isinstance(value, pathlib.PurePath):
+            return _tag("path", str(value))
+        for cls in type(value).__mro__:
+            if cls in _SCALARS:
+                name, dump, _ = _SCALARS[cls]
+                return _tag(name, dump(value))
+        if self._pickles:
+            try:
+                return _tag("pickle", base64.b64encode(cloudpickle.dumps(value)).decode())
+            except Exception as exc:
+                raise EncodingError(
+                    f"cannot carry a {type(value).__name__} value back from the isolated "
+                    f"child: {exc}"
+                ) from exc
+        return _tag("repr", repr(value))
+
+
+def _tag(kind: str, value: Any) -> dict[str, Any]:
+    return {TAG: kind, "v": value}
+
+
+class _Decoder:
+    def __init__(self, outputs: list[Entity], pickles: bool) -> None:
+        self._outputs = outputs
+        self._pickles = pickles
+        self._models: list[BaseModel] = []
+
+    def decode(self, data: Any) -> Any:
+        if isinstance(data, list):
+            return [self.decode(item) for item in data]
+        if not isinstance(data, dict):
+            return data
+        kind = data.get(TAG)
+        if kind is None:
+            return {key: self.decode(item) for key, item in data.items()}
+        if kind in _BY_KIND:
+            return _BY_KIND[kind](data["v"])
+        method = getattr(self, "_" + str(kind), None)
+        if method is None:
+            raise EncodingError(f"unknown typed JSON tag {kind!r}")
+        return method(data)
+
+    def _output(self, data: dict[str, Any]) -> Entity:
+        return self._outputs[int(data["i"])]
+
+    def _model(self, data: dict[str, Any]) -> BaseModel:
+        cls: type[BaseModel] = find_class(data["c"], BaseModel)
+        parts = data["v"]
+        model = cls.__new__(cls)
+        self._models.append(model)  # before its fields, which may point back at it
+        private = self.decode(parts["p"]) if "p" in parts else _private_defaults(cls)
+        model.__setstate__(
+            {
+                "__dict__": {name: self.decode(item) for name, item in parts["d"].items()},
+                "__pydantic_fields_set__": set(parts["s"]),
+                "__pydantic_extra__": self.decode(parts["x"]) if "x" in parts else None,
+                "__pydantic_private__": private,
+            }
+        )
+        return model
+
+    def _same(self, data: dict[str, Any]) -> BaseModel:
+        return self._models[int(data["i"])]
+
+    def _tuple(self, data: dict[str, Any]) -> tuple[Any, ...]:
+        items = [self.decode(item) for item in data["v"]]
+        kind = find_class(data["c"], tuple) if "c" in data else tuple
+        return containers.rebuild_tuple(kind, items)
+
+    def _set(self, data: dict[str, Any]) -> set[Any]:
+        return {self.decode(item) for item in data["v"]}
+
+    def _frozenset(self, data: dict[str, Any]) -> frozenset[Any]:
+        return frozenset(self.decode(item) for item in data["v"])
+
+    def _dict(self, data: dict[str, Any]) -> dict[Any, Any]:
+        return {self.decode(key): self.decode(item) for key, item in data["v"]}
+
+    def _enum(self, data: dict[str, Any]) -> enum.Enum:
+        member: enum.Enum = find_class(data["c"], enum.Enum)(self.decode(data["v"]))
+        return member
+
+    def _path(self, data: dict[str, Any]) -> pathlib.Path:
+        return pathlib.Path(data["v"])
+
+    def _repr(self, data: dict[str, Any]) -> str:
+        return str(data["v"])
+
+    def _pickle(self, data: dict[str, Any]) -> Any:
+        if not self._pickles:
+            raise EncodingError("refusing to unpickle a value that did not come from our own child")
+        return cloudpickle.loads(base64.b64decode(data["v"]))
+
+
+def _private_defaults(cls: type[BaseModel]) -> dict[str, Any] | None:
+    """Private attributes as construction would set them (none were carried)."""
+    if not cls.__private_attributes__:
+        return None
+    defaults = {name: attr.get_default() for name, attr in cls.__private_attributes__.items()}
+    return {name: value for name, value in defaults.items() if value is not PydanticUndefined}
+
+
+def class_name(cls: type) -> str:
+    if issubclass(cls, Entity):
+        return "entity:" + cls.graftq_type
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def find_class(name: str, base: type) -> Any:
+    """The class `name` (see `class_name`) among those this process defines."""
+    if name.startswith("entity:"):
+        found: Any = entity_class(name.removeprefix("entity:"))
+    else:
+        found = _module_attribute(name) or _subclass(name, base)
+    if not (isinstance(found, type) and issubclass(found, base)):
+        raise EncodingError(f"class {name} is not a {base.__name__} this process defines")
+    return found
+
+
+def _module_attribute(name: str) -> Any:
+    module_name, _, qualname = name.partition(":")
+    module = sys.modules.get(module_name)  # never imported on behalf of data
+    if module is None:
+        return None
+    found: Any = module
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found
+
+
+@cache
+def _subclass_index(base: type) -> dict[str, type]:
+    index: dict[str, type] = {}
+    todo = [base]
+    while todo:
+        cls = todo.pop()
+        index[class_name(cls)] = cls
+        todo.extend(cls.__subclasses__())
+    return index
+
+
+def _subclass(name: str, base: type) -> type | None:
+    """A class defined in a function (no module attribute names it): search the subclasses."""
+    found = _subclass_index(base).get(name)
+    if found is None:  # defined since the index was built
+        _subclass_index.cache_clear()
+        found = _subclass_index(base).get(name)
+    return found

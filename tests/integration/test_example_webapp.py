@@ -1,0 +1,111 @@
+"""examples/webapp over HTTP: uvicorn serving it, a live `graftq worker`, httpx as the client.
+
+Broker and results live in db 3 of the session's redis-server, which no other
+test uses, so the example's default queue meets only this worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from graftq.devserver import RedisServer, WorkerProcess, free_port
+from tests.integration.worker.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+
+JOBS = "examples.webapp.jobs:app"
+
+
+@pytest.fixture
+def env(redis_server: RedisServer, redis_url: str) -> dict[str, str]:
+    broker = f"redis://127.0.0.1:{redis_server.port}/3"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GRAFTQ_")}
+    return {
+        **clean,
+        "GRAFTQ_REDIS_URL": redis_url,
+        "GRAFTQ_BROKER_URL": broker,
+        "GRAFTQ_RESULT_BACKEND": broker,
+    }
+
+
+@pytest.fixture
+def web(env: dict[str, str]) -> Iterator[str]:
+    """uvicorn serving examples.webapp.main:api next to a worker; its base URL."""
+    port = free_port()
+    worker = WorkerProcess(JOBS, env["GRAFTQ_REDIS_URL"], env=env)
+    args = [sys.executable, "-m", "uvicorn", "examples.webapp.main:api",
+            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    with tempfile.TemporaryFile() as log, worker:
+        server = subprocess.Popen(
+            args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+
+            def up() -> bool:
+                assert server.poll() is None, "uvicorn exited"
+                with contextlib.suppress(httpx.TransportError):
+                    return httpx.get(url + "/docs", timeout=2).status_code == 200
+                return False
+
+            wait_until(up, 30, "uvicorn answering")
+            yield url
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(5)
+            log.seek(0)
+            print(f"--- uvicorn ---\n{log.read().decode(errors='replace')[-3000:]}")
+            print(f"--- worker ---\n{worker.log()[-3000:]}")
+
+
+def test_submit_over_http_then_await_the_committed_version_and_its_provenance(web: str) -> None:
+    with httpx.Client(base_url=web, timeout=30) as client:
+        created = client.post("/students", json={"name": "Ada", "age": 20})
+        assert created.status_code == 201, created.text
+        ada = created.json()
+
+        accepted = client.post(f"/students/{ada['lineage_id']}/birthday")
+        assert accepted.status_code == 202, accepted.text
+        job = accepted.json()
+        assert job["poll"] == f"/jobs/birthday/{job['job_id']}"
+
+        done = client.get(job["poll"], params={"wait": 20}).json()
+        assert done["status"] == "SUCCESS", done
+        version = done["version"]
+        assert (version["name"], version["age"]) == ("Ada", 21)
+        assert version["lineage_id"] == ada["lineage_id"]
+        assert version["parent_id"] == ada["ecs_id"]
+        assert version["derived_from"] == job["job_id"]
+        provenance = done["provenance"]
+        assert provenance["callable"] == "birthday"
+        assert provenance["inputs"] == {"student": ada["ecs_id"]}
+        assert provenance["outputs"] == [version["ecs_id"]]
+        assert provenance["worker"].startswith("graftq-")
+
+        # polling without waiting gives the same answer once the job is done
+        assert client.get(job["poll"]).json()["version"] == version
+
+
+def test_bad_submissions_are_refused_before_anything_is_enqueued(web: str) -> None:
+    with httpx.Client(base_url=web, timeout=30) as client:
+        ada = client.post("/students", json={"name": "Ada", "age": 20}).json()
+        unknown = client.post(f"/students/{ada['lineage_id']}/nope")
+        assert unknown.status_code == 404 and "no callable named 'nope'" in unknown.text
+        missing = client.post("/students/0b3e9a57-1c2d-4e5f-8a9b-0c1d2e3f4a5b/birthday")
+        assert missing.status_code == 422 and "0b3e9a57" in missing.text
+        polled = client.get("/jobs/birthday/0b3e9a57-1c2d-4e5f-8a9b-0c1d2e3f4a5b").json()
+        assert polled["status"] == "PENDING"  # Celery's word for a job it does not know

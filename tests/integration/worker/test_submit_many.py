@@ -1,0 +1,151 @@
+"""`submit_many` / `asubmit_many` (SPEC section 5 "Running"): a batch resolved and
+validated first — the references of the whole batch in O(1) round trips — then
+enqueued in one go; a bad input names its index and nothing is enqueued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pydantic
+import pytest
+import redis
+
+import graftq
+from graftq import App
+from tests.apps.school import Counter, Student
+from tests.integration.worker.conftest import Node, new_queue
+
+
+@pytest.fixture
+def queue(broker_url: str) -> Iterator[str]:
+    """A queue no worker consumes: its length is what was enqueued."""
+    name = new_queue()
+    yield name
+    client = redis.Redis.from_url(broker_url)
+    client.delete(name)
+    client.close()
+
+
+def queued(broker_url: str, queue: str) -> int:
+    with redis.Redis.from_url(broker_url) as client:
+        return int(client.llen(queue))
+
+
+def counters(app: App, n: int) -> list[Counter]:
+    return [app.entities.put(Counter(value=i)) for i in range(n)]
+
+
+def test_a_batch_runs_every_job(shared_worker: Node, client_app: Callable[..., App]) -> None:
+    app = client_app(shared_worker.queue)
+    stored = counters(app, 12)
+    inputs = [
+        {"counter": f"@{c.lineage_id}" if n % 2 else f"@{c.ecs_id}"} for n, c in enumerate(stored)
+    ]
+
+    jobs = app.submit_many("increment", inputs)
+
+    assert len({job.id for job in jobs}) == 12
+    assert [job.get(timeout=60).value for job in jobs] == [c.value + 1 for c in stored]
+    for job, counter in zip(jobs, stored, strict=True):
+        run = app.entities.execution(job.id)
+        assert run is not None and run.inputs == {"counter": str(counter.ecs_id)}
+
+
+def test_asubmit_many_in_an_event_loop(shared_worker: Node, client_app: Callable[..., App]) -> None:
+    app = client_app(shared_worker.queue)
+    stored = counters(app, 3)
+
+    async def main() -> list[Any]:
+        jobs = await app.asubmit_many("increment", [{"counter": f"@{c.ecs_id}"} for c in stored])
+        return [await job.aget(timeout=60) for job in jobs]
+
+    assert [result.value for result in asyncio.run(main())] == [1, 2, 3]
+
+
+def test_entity_objects_of_a_batch_are_stored_first(
+    shared_worker: Node, client_app: Callable[..., App]
+) -> None:
+    app = client_app(shared_worker.queue)
+
+    jobs = app.submit_many("increment", [{"counter": Counter(value=v)} for v in (5, 7)])
+
+    results = [job.get(timeout=60) for job in jobs]
+    assert [r.value for r in results] == [6, 8]
+    assert all(r.parent_id is not None for r in results)  # the stored input was the parent
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "fragment"),
+    [
+        (lambda app: {"counter": f"@{uuid.uuid4()}"}, graftq.EntityNotFound, "input 3"),
+        (lambda app: {"counter": 5}, pydantic.ValidationError, "input 3"),
+        (lambda app: {"counter": "@not-a-uuid"}, graftq.InvalidReference, "input 3"),
+        (lambda app: ["not", "a", "dict"], TypeError, "input 3"),
+        (
+            lambda app: {"counter": f"@{app.entities.put(Student(name='x', age=1)).ecs_id}"},
+            pydantic.ValidationError,
+            "input 3",
+        ),
+    ],
+)
+def test_a_bad_input_names_its_index_and_nothing_is_enqueued(
+    client_app: Callable[..., App],
+    queue: str,
+    broker_url: str,
+    redis_client: redis.Redis,
+    bad: Callable[[App], Any],
+    error: type[Exception],
+    fragment: str,
+) -> None:
+    app = client_app(queue)
+    good = [{"counter": Counter(value=1)}] + [{"counter": f"@{c.ecs_id}"} for c in counters(app, 2)]
+    inputs = [*good, bad(app), {"counter": Counter(value=9)}]
+    keys = sorted(redis_client.keys())
+
+    with pytest.raises(error) as caught:
+        app.submit_many("increment", inputs)
+
+    assert fragment in str(caught.value)
+    assert queued(broker_url, queue) == 0
+    assert sorted(redis_client.keys()) == keys  # the Counter objects were not stored either
+
+
+def test_a_task_id_for_a_batch_is_refused(client_app: Callable[..., App], queue: str) -> None:
+    app = client_app(queue)
+
+    with pytest.raises(TypeError, match="task_id"):
+        app.submit_many("increment", [{"counter": "@x"}], task_id="same-for-all")
+
+
+@pytest.mark.parametrize("size", [5, 50])
+def test_the_batch_reads_the_store_a_bounded_number_of_times(
+    client_app: Callable[..., App],
+    queue: str,
+    broker_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    size: int,
+) -> None:
+    app = client_app(queue)
+    inputs = [{"counter": f"@{c.lineage_id}"} for c in counters(app, size)]
+    app.submit_many("increment", inputs[:1])  # warm up: connections, script loading
+    store_client = app.entities.client
+    sends: list[int] = []
+    connection_class = store_client.connection_pool.connection_class
+    send = connection_class.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        if self.db == store_client.connection_pool.connection_kwargs.get("db", 0):
+            sends.append(1)
+        send(self, command, check_health)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(connection_class, "send_packed_command", counting)
+        jobs = app.submit_many("increment", inputs)
+
+    assert len(jobs) == size
+    assert queued(broker_url, queue) == size + 1
+    assert 1 <= len(sends) <= 2, f"{len(sends)} store round trips for {size} inputs"

@@ -1,0 +1,99 @@
+"""A TCP proxy in front of the private redis-server that can lose a transaction's reply.
+
+`cut_next_exec()` arms it: the next client write holding MULTI ... EXEC is forwarded,
+the server's reply is read (so the transaction has run) and dropped, and the client's
+connection is closed. The client sees a dropped connection for a commit that happened:
+the "ambiguous EXEC" of SPEC section 5.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from types import TracebackType
+from typing import Self
+
+
+class CuttingProxy:
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._armed = threading.Event()
+        self.cuts = 0
+        self._sockets: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def cut_next_exec(self) -> None:
+        self._armed.set()
+
+    def __enter__(self) -> Self:
+        self._spawn(self._accept)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closed = True
+        with self._lock:
+            for sock in [self._listener, *self._sockets]:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def _spawn(self, target: object, *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
+        self._threads.append(thread)
+        thread.start()
+
+    def _track(self, sock: socket.socket) -> socket.socket:
+        with self._lock:
+            self._sockets.append(sock)
+        return sock
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream_port))
+            cut = threading.Event()
+            self._spawn(self._upstream, self._track(client), self._track(server), cut)
+            self._spawn(self._downstream, server, client, cut)
+
+    def _upstream(self, client: socket.socket, server: socket.socket, cut: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := client.recv(65536):
+                if self._armed.is_set() and b"MULTI" in chunk and b"EXEC" in chunk:
+                    self._armed.clear()
+                    cut.set()
+                server.sendall(chunk)
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_WR)
+
+    def _downstream(
+        self, server: socket.socket, client: socket.socket, cut: threading.Event
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := server.recv(65536):
+                if cut.is_set():  # the whole transaction ran; its reply never arrives
+                    self.cuts += 1
+                    break
+                client.sendall(chunk)
+        with contextlib.suppress(OSError):
+            client.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_RDWR)
