@@ -234,8 +234,13 @@ _BROKER = [
 ]
 _INPUT = [
     ("broker", "Celery → graftq task body", "started_stored", "job_start"),
-    ("input load", "replay check", "job_start", "prepare_start"),
-    ("input load", "prepare (resolve + validate)", "prepare_start", "prepare_end"),
+    ("input load", "input digest", "job_start", "prepare_start"),
+    (
+        "input load",
+        "prepare: replay check + resolve + load (1 script), validate",
+        "prepare_start",
+        "prepare_end",
+    ),
 ]
 _STORE = [
     ("result store", "return to Celery", "commit_end", "store_start"),
@@ -260,11 +265,11 @@ CHAINS: dict[str, list[tuple[str, str, str, str]]] = {
         ),
         ("fork/hand-off", "store.isolate in the child", "child_setup", "body_start"),
         ("run", "body", "body_start", "body_end"),
-        ("result transfer", "encode (validate + JSON) in child", "body_end", "encode_end"),
+        ("result transfer", "encode (typed JSON) in child", "body_end", "encode_end"),
         ("result transfer", "frame through the pipe", "encode_end", "frame_read"),
         ("result transfer", "child exit, reap", "frame_read", "decode_start"),
         ("result transfer", "decode", "decode_start", "iso_return"),
-        ("commit", "Execution record", "iso_return", "commit_start"),
+        ("commit", "return check, Execution record", "iso_return", "commit_start"),
         ("commit", "WATCH/MGET/MULTI…EXEC", "commit_start", "commit_end"),
         *_STORE,
     ],

@@ -380,20 +380,43 @@ def run_variant(name: str, calls: int, gap_ms: float, anon_mb: float) -> dict[st
     return result
 
 
-def host() -> str:
-    def read(path: str) -> str:
-        try:
-            return Path(path).read_text().strip()
-        except OSError:
-            return "(absent)"
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return "(absent)"
 
+
+THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def host() -> str:
     return (
         f"nproc {os.cpu_count()}, Python {platform.python_version()}, "
         f"glibc {platform.libc_ver()[1]}, kernel {platform.release()}, "
-        f"THP enabled: {read('/sys/kernel/mm/transparent_hugepage/enabled')}, "
-        f"defrag: {read('/sys/kernel/mm/transparent_hugepage/defrag')}, "
+        f"THP enabled: {_read(THP_ENABLED)}, "
+        f"defrag: {_read('/sys/kernel/mm/transparent_hugepage/defrag')}, "
         f"load average {os.getloadavg()[0]:.2f}"
     )
+
+
+def thp_verdict() -> str:
+    """Whether `*-thp` variants can get huge pages here, and what the host would need."""
+    mode = next((w[1:-1] for w in _read(THP_ENABLED).split() if w.startswith("[")), "absent")
+    version = tuple(int(p) for p in platform.libc_ver()[1].split(".") if p.isdigit())
+    needs = []
+    if mode not in ("madvise", "always"):
+        needs.append(f"THP is '{mode}': set it to 'madvise' (or 'always')")
+    if version < (2, 35):
+        glibc = platform.libc_ver()[1] or "?"
+        needs.append(f"glibc {glibc} ignores glibc.malloc.hugetlb (needs >= 2.35)")
+    if not needs:
+        return (
+            f"THP '{mode}' and glibc {platform.libc_ver()[1]}: PYTHONMALLOC=malloc + "
+            "GLIBC_TUNABLES=glibc.malloc.hugetlb=1 puts the malloc heap in huge pages here "
+            "(see the 'in THP MB' column)"
+        )
+    return "huge pages unavailable: " + "; ".join(needs) + " — *-thp rows fall back to 4 KiB"
 
 
 COLUMNS = [
@@ -449,6 +472,7 @@ def main() -> None:
         print(json.dumps(measure(args.variant, args.calls, args.gap_ms / 1e3, args.anon_mb)))
         return
     print(f"# {time.strftime('%Y-%m-%d %H:%M %Z')} — {host()}")
+    print(f"# {thp_verdict()}")
     names = args.only or list(VARIANTS)
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for rep in range(args.reps):

@@ -66,6 +66,15 @@ LABELS = {"plain": "plain Celery no-op", "fork": "graftq fork", "none": "graftq 
 
 
 @dataclass
+class Env:
+    """The private Redis: its PID, an admin client, and a client per system's database."""
+
+    redis_pid: int
+    admin: redis.Redis
+    clients: dict[str, redis.Redis]
+
+
+@dataclass
 class System:
     """One kind of job: how to submit it, and the inputs it needs made beforehand."""
 
@@ -140,17 +149,6 @@ def measure(system: System, w: h.Worker, args: argparse.Namespace, env: Env) -> 
         rate, drain_cpu = h.drain(system.submit, args.drain, client, system.control, cpu)
     pool = max((h.memory_mb(pid) for pid in w.pool()), key=lambda m: m["Anonymous"])
     return Measured(result, latencies, rate, drain_cpu, args.drain, pool)
-
-
-@dataclass
-class Env:
-    """The private Redis and a client per system's database."""
-
-    redis_pid: int
-    admin: redis.Redis
-    clients: dict[str, redis.Redis]
-    graftq_url: str
-    plain_url: str
 
 
 def graftq_keys(args: argparse.Namespace, rep: int) -> list[str]:
@@ -240,7 +238,8 @@ def report(runs: dict[str, list[Measured]]) -> None:
     for key in keys:
         total = sum((m.burst.commands for m in runs[key]), Tally())
         n = sum(m.burst.n for m in runs[key])
-        per = ", ".join(f"{cmd.upper()} {calls / n:.2f}" for cmd, calls in total.most_common())
+        common = [(cmd, calls / n) for cmd, calls in total.most_common() if calls / n >= 0.01]
+        per = ", ".join(f"{cmd.upper()} {each:.2f}" for cmd, each in common)
         print(f"* {LABELS[key]}: {total.total() / n:.1f} total — {per}")
 
 
@@ -418,7 +417,7 @@ def main() -> None:
         graftq_client = redis.Redis.from_url(graftq_url)
         clients = {"plain": redis.Redis.from_url(plain_url), "fork": graftq_client,
                    "none": graftq_client}  # fmt: skip
-        env = Env(server.pid, redis.Redis.from_url(graftq_url), clients, graftq_url, plain_url)
+        env = Env(server.pid, redis.Redis.from_url(graftq_url), clients)
         if args.breakdown:
             breakdown(args, env)
             return
