@@ -268,6 +268,8 @@ def _published_final(pubsub: Any, client: redis.Redis, key: bytes) -> dict[str, 
             message = {"data": raw} if raw is not None else None
         if message is not None:
             meta: dict[str, Any] = json.loads(message["data"])
+            if META_PREFIX + meta["task_id"].encode() != key:
+                continue  # the previous job's messages, when its result was read by GET
             if meta["status"] == "SUCCESS":
                 return meta
             if meta["status"] == "FAILURE":
