@@ -304,22 +304,36 @@ def load(directory: str) -> dict[str, dict[str, float]]:
     return jobs
 
 
-def phases(chain: str, jobs: list[dict[str, float]]) -> list[tuple[str, str, float]]:
-    """(phase, sub-phase, median ms) along the chain, then the median total."""
+Row = tuple[str, str, float, float]  # phase, step, median ms, mean ms
+
+
+def _row(phase: str, step: str, values: list[float]) -> Row:
+    if not values:
+        return (phase, step, float("nan"), float("nan"))
+    return (phase, step, statistics.median(values), statistics.fmean(values))
+
+
+def phases(chain: str, jobs: list[dict[str, float]]) -> list[Row]:
+    """(phase, step, median ms, mean ms) along the chain, the total, then asides.
+
+    The means add up to the mean total; the medians do not (on a busy host a step's
+    time has a long tail), but are steadier from run to run.
+    """
     rows = []
-    for phase, sub, start, end in CHAINS[chain]:
+    for phase, step, start, end in CHAINS[chain]:
         values = [(job[end] - job[start]) * 1e3 for job in jobs if start in job and end in job]
-        rows.append((phase, sub, statistics.median(values) if values else float("nan")))
+        rows.append(_row(phase, step, values))
     first, last = CHAINS[chain][0][2], CHAINS[chain][-1][3]
     totals = [(job[last] - job[first]) * 1e3 for job in jobs]
-    rows.append(("total", "submit → result stored (median of the sums)", statistics.median(totals)))
+    rows.append(_row("total", "submit → result stored", totals))
     for label, start, end in ASIDE:
         values = [(job[end] - job[start]) * 1e3 for job in jobs if start in job and end in job]
         if values:
-            rows.append(("(aside)", label, statistics.median(values)))
+            rows.append(_row("(aside)", label, values))
     for extra, label in (("child_cpu", "forked child CPU (ms)"), ("child_faults", "child faults")):
-        values = [job[extra] for job in jobs if extra in job]
+        values = [
+            job[extra] * (1e3 if extra == "child_cpu" else 1.0) for job in jobs if extra in job
+        ]
         if values:
-            scale = 1e3 if extra == "child_cpu" else 1.0
-            rows.append(("(aside)", label, statistics.median(values) * scale))
+            rows.append(_row("(aside)", label, values))
     return rows

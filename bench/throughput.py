@@ -358,16 +358,20 @@ def breakdown(args: argparse.Namespace, env: Env) -> None:
                     system.inputs(args.breakdown)
                     found[key] = h.idle(system.submit, env.clients[key], jobs, enqueued)
         stamps = _timing.load(directory)
-    print(f"\nLatency breakdown, median ms of {args.breakdown} jobs one at a time (idle queue):")
+    print(f"\nLatency breakdown of {args.breakdown} jobs one at a time (idle queue), ms per step:")
     for key, (latencies, producer) in found.items():
         timed = [{**stamps.get(job, {}), **mine} for job, mine in producer.items()]
-        print(f"\n{LABELS[key]}:\n\n| phase | step | ms |\n|---|---|---:|")
-        groups: dict[str, float] = {}
-        for phase, step, ms in _timing.phases(key, timed):
-            print(f"| {phase} | {step} | {ms:.2f} |")
+        print(f"\n{LABELS[key]}:\n\n| phase | step | median ms | mean ms |\n|---|---|---:|---:|")
+        groups: dict[str, tuple[float, float]] = {}
+        for phase, step, median, mean in _timing.phases(key, timed):
+            print(f"| {phase} | {step} | {median:.2f} | {mean:.2f} |")
             if not phase.startswith(("total", "(")):
-                groups[phase] = groups.get(phase, 0.0) + ms
-        print("\nBy phase: " + ", ".join(f"{p} {ms:.2f}" for p, ms in groups.items()))
+                was = groups.get(phase, (0.0, 0.0))
+                groups[phase] = (was[0] + median, was[1] + mean)
+        print(
+            "\nBy phase (sum of medians / sum of means): "
+            + ", ".join(f"{p} {a:.2f} / {b:.2f}" for p, (a, b) in groups.items())
+        )
         p50, p99 = (h.quantile(latencies, q) * 1e3 for q in (50, 99))
         print(
             f"Latency as the other modes measure it (date_done - submit): p50 {p50:.2f} ms, "
