@@ -1,16 +1,18 @@
 """Where an isolated, committed job's CPU goes, both sides (``throughput.py --profile DIR``).
 
-Three passes, each on a drain of ``--n`` isolated ``increment`` jobs (queue filled
-first, so the worker side runs with the producer idle), writing into DIR:
+Each pass drains ``--n`` jobs (queue filled first, so the worker side runs with the
+producer idle); data goes into DIR. Needs ``perf`` (the distribution's linux-perf) and
+``py-spy`` (``pip install py-spy``); a missing one is skipped.
 
-1. ``perf record -g`` launches the graftq worker (children inherited), so every
+1. For each system asked for (``--systems``, default plain, fork, none):
+   ``perf record -g`` launches the worker (children inherited), so every
    process of the worker — main, pool children, forked body children — is sampled,
    kernel included (the fork, exit and page-fault costs live there). Samples within
    the drain's time window are summed by process role and by a kernel/user category.
-2. ``py-spy record --subprocesses`` attaches to a second worker for the drain only:
+2. For ``fork``: ``py-spy record --subprocesses`` attaches to a worker for the drain only:
    the Python view of the main process and the pool children (the forked children
    live a few ms: py-spy finds them too late to sample).
-3. cProfile of this process submitting the same jobs (the producer side).
+3. For ``fork``: cProfile of this process submitting the same jobs (the producer side).
 
 Figures are CPU ms per job. Profilers add overhead, so compare shares, not totals.
 """
@@ -207,16 +209,19 @@ def run(args: argparse.Namespace, env: Any, systems: dict[str, Any]) -> None:
         show_perf(key, perf_summary(data, drained, args.n))
     if "fork" not in systems:
         return
-    raw = out / "py-spy.txt"
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if Path(spy).exists():
+        raw = out / "py-spy.txt"
 
-    def attach(pid: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [spy, "record", "--pid", str(pid), "--subprocesses", "-r", str(SPY_HZ),
-             "--format", "raw", "-o", str(raw)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        def attach(pid: int) -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                [spy, "record", "--pid", str(pid), "--subprocesses", "-r", str(SPY_HZ),
+                 "--format", "raw", "-o", str(raw)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
 
-    drained = profiled_drain(args, env, systems["fork"], attach=attach)
-    show_spy(spy_summary(raw, drained, args.n))
+        drained = profiled_drain(args, env, systems["fork"], attach=attach)
+        show_spy(spy_summary(raw, drained, args.n))
+    else:
+        print("\npy-spy not found (`.venv/bin/python -m pip install py-spy`): no Python view")
     producer(args, env, systems["fork"], out)
