@@ -1,17 +1,21 @@
 """Run one call in a forked child process and carry its outcome back over a pipe.
 
 Per call the parent makes a fresh ``os.pipe()`` and forks. The child dies with its
-parent (PR_SET_PDEATHSIG), leads its own process group, drops inherited signal handlers
+parent (PR_SET_PDEATHSIG), leads its own process group, becomes a subreaper
+(PR_SET_CHILD_SUBREAPER: whatever the call starts and then detaches with setsid or a
+double fork is reparented to the child, not to init), drops inherited signal handlers
 and sockets, runs ``setup()``, the call (awaiting an awaitable on a fresh event loop)
-and ``encode``, writes one frame and leaves with ``os._exit`` — never returning into the
-caller or running atexit handlers::
+and ``encode``, kills every process the call left behind, writes one frame and leaves
+with ``os._exit`` — never returning into the caller or running atexit handlers::
 
     kind (1 byte: b"R" result | b"E" exception) | size (8 bytes, big-endian) | payload
 
 An ``E`` payload is a pickled dict ``{exc, module, qualname, message, traceback}``;
 ``exc`` (cloudpickled) is None when the exception does not round-trip. The parent reads
-while the child runs (results may exceed the pipe buffer) until a monotonic deadline,
-kills the child's group on timeout or interruption, always reaps the child, and reports
+while the child runs (results may exceed the pipe buffer) until a monotonic deadline;
+on timeout or interruption it stops the child, kills the child's whole process tree
+(found in /proc; detached processes are the child's own children by then) and the
+child's group, then the child. It always reaps the child, and reports
 a missing frame as IsolationError saying how the child died. It installs no signal
 handlers, so any thread may call.
 """
@@ -47,6 +51,8 @@ T = TypeVar("T")
 _RESULT, _ERROR = b"R", b"E"
 _HEADER = struct.Struct("!cQ")
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+_SWEEP_ROUNDS = 1000  # bounds the kill-and-reap loops against a call that forks without end
 _EXIT_FAILED = 70  # EX_SOFTWARE: the child could not even write its frame
 _POLL_SLICE = 0.5  # seconds between checks that the child is still alive
 _CHUNK = 1 << 20
@@ -125,6 +131,9 @@ class _Child:
         if self.reaped:
             return
         if kill:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGSTOP)  # frozen, it forks and reaps no more
+            _kill_tree(self.pid)  # before the child: while it lives, orphans are its own
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
@@ -236,6 +245,40 @@ def _rebuild(module: str, qualname: str, message: str) -> BaseException | None:
     return None
 
 
+def _descendants(root: int) -> list[int]:
+    """Living (not zombie) descendants of `root`, from a scan of /proc."""
+    children: dict[int, list[int]] = {}
+    zombies: set[int] = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(name))
+        if fields[0] == b"Z":
+            zombies.add(int(name))
+    found, frontier = [], list(children.get(root, ()))
+    while frontier:
+        pid = frontier.pop()
+        found.append(pid)
+        frontier.extend(children.get(pid, ()))
+    return [pid for pid in found if pid not in zombies]
+
+
+def _kill_tree(root: int) -> None:
+    """SIGKILL every descendant of `root` until none is left alive (root itself is spared)."""
+    for _ in range(_SWEEP_ROUNDS):
+        victims = _descendants(root)
+        if not victims:
+            return
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 # --- child side -----------------------------------------------------------------------
 
 
@@ -257,17 +300,30 @@ def _child(
         os.close(read_fd)
         if prctl is not None:
             prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+            prctl(_PR_SET_CHILD_SUBREAPER, 1)
         if os.getppid() != parent_pid:  # the parent died before prctl took effect
             os._exit(_EXIT_FAILED)
         _reset_child_state()
         _neutralize_sockets(keep=write_fd)
         kind, payload = work()
+        _sweep()  # the call is over: nothing it started may outlive it
         _flush_std()  # before the frame, so the parent never waits on a blocked flush
         _write_all(write_fd, _HEADER.pack(kind, len(payload)))
         _write_all(write_fd, payload)
         code = 0
     finally:
         os._exit(code)
+
+
+def _sweep() -> None:
+    """Kill and reap every process the call left; as a subreaper, orphans are ours too."""
+    for _ in range(_SWEEP_ROUNDS):
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass  # reaped one; look for more
+        except ChildProcessError:
+            return  # no children left, so no descendants either
+        _kill_tree(os.getpid())  # returns once every descendant is dead, i.e. reapable
 
 
 def _reset_child_state() -> None:
