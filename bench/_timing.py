@@ -266,7 +266,7 @@ CHAINS: dict[str, list[tuple[str, str, str, str]]] = {
         ("fork/hand-off", "store.isolate in the child", "child_setup", "body_start"),
         ("run", "body", "body_start", "body_end"),
         ("result transfer", "encode (typed JSON) in child", "body_end", "encode_end"),
-        ("result transfer", "frame through the pipe", "encode_end", "frame_read"),
+        ("result transfer", "sweep leftovers, frame through the pipe", "encode_end", "frame_read"),
         ("result transfer", "child exit, reap", "frame_read", "decode_start"),
         ("result transfer", "decode", "decode_start", "iso_return"),
         ("commit", "return check, Execution record", "iso_return", "commit_start"),
