@@ -6,7 +6,9 @@ from graftq.errors import (
     EntityNotFound,
     GraftError,
     InvalidEntity,
+    InvalidInput,
     InvalidReference,
+    InvalidSetting,
     IsolationError,
     JobTimeout,
     RegistrationError,
@@ -15,6 +17,7 @@ from graftq.errors import (
     TimeLimitExceeded,
     UnknownCallable,
     UnknownEntityType,
+    Unreachable,
     VersionConflict,
 )
 from graftq.registry.entity import Entity
@@ -42,7 +45,9 @@ __all__ = [
     "EntityNotFound",
     "GraftError",
     "InvalidEntity",
+    "InvalidInput",
     "InvalidReference",
+    "InvalidSetting",
     "IsolationError",
     "JobTimeout",
     "RegistrationError",
@@ -51,5 +56,6 @@ __all__ = [
     "TimeLimitExceeded",
     "UnknownCallable",
     "UnknownEntityType",
+    "Unreachable",
     "VersionConflict",
 ]

@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import redis
 from celery.signals import worker_process_init
 
 from graftq.errors import UnknownCallable
@@ -17,6 +16,7 @@ from graftq.settings import Settings
 from graftq.tasks.callables import CallableInfo, CallableRegistry
 from graftq.tasks.runner import Call, local_worker, run_call
 from graftq.worker.config import make_celery
+from graftq.worker.connections import reachable, redis_client
 from graftq.worker.job import Job, submit, submit_many
 from graftq.worker.publish import Functions
 from graftq.worker.task import PUBLISHED_TASK, bind, bind_published, run_job, task_name
@@ -66,9 +66,7 @@ class App:
             return self._entities
 
     def _connect(self) -> EntityRegistry:
-        client = redis.Redis.from_url(
-            self.settings.redis_url, decode_responses=True, health_check_interval=30
-        )
+        client = redis_client(self.settings.redis_url, self.settings)
         return EntityRegistry(
             client, prefix=self.settings.key_prefix, max_retries=self.settings.commit_retries
         )
@@ -95,13 +93,13 @@ class App:
 
     def execute(self, name: str, input_data: Mapping[str, Any]) -> Any:
         """Run now in this process (isolated), commit, and return the typed result."""
-        info = self.callable(name)
         call = Call(
             execution_id=str(uuid.uuid4()),
             worker=local_worker(),
             rerun_timeout=self.settings.rerun_timeout,
         )
-        return run_call(self.entities, info, input_data, call).value
+        with reachable(self.settings):
+            return run_call(self.entities, self.callable(name), input_data, call).value
 
     async def aexecute(self, name: str, input_data: Mapping[str, Any]) -> Any:
         """`execute` without blocking the event loop."""
@@ -112,12 +110,13 @@ class App:
 
         `celery_options` go to `send_task` (countdown, queue, time_limit, task_id, ...).
         """
-        info = self.callable(name)
-        task, meta = self._task_of(info)
-        return submit(
-            self.celery, self._store, info, input_data, task=task, meta=meta,
-            options=self._options_of(info, celery_options),
-        )  # fmt: skip
+        with reachable(self.settings):
+            info = self.callable(name)
+            task, meta = self._task_of(info)
+            return submit(
+                self.celery, self._store, info, input_data, task=task, meta=meta,
+                options=self._options_of(info, celery_options), settings=self.settings,
+            )  # fmt: skip
 
     async def asubmit(self, name: str, input_data: Mapping[str, Any], **celery_options: Any) -> Job:
         """`submit` without blocking the event loop."""
@@ -129,12 +128,13 @@ class App:
         """Submit a batch: every input is resolved and validated first (the references of
         the whole batch in one read), then all are enqueued in one go. A bad input raises
         an error naming its index, and nothing is enqueued."""
-        info = self.callable(name)
-        task, meta = self._task_of(info)
-        return submit_many(
-            self.celery, self._store, info, inputs, task=task, meta=meta,
-            options=self._options_of(info, celery_options),
-        )  # fmt: skip
+        with reachable(self.settings):
+            info = self.callable(name)
+            task, meta = self._task_of(info)
+            return submit_many(
+                self.celery, self._store, info, inputs, task=task, meta=meta,
+                options=self._options_of(info, celery_options), settings=self.settings,
+            )  # fmt: skip
 
     async def asubmit_many(
         self, name: str, inputs: Sequence[Mapping[str, Any]], **celery_options: Any
@@ -144,7 +144,8 @@ class App:
 
     def job(self, job_id: str, name: str) -> Job:
         """A handle on an earlier job of callable `name`."""
-        return Job(self.celery.AsyncResult(job_id), self.callable(name), self._store)
+        info = self.callable(name)
+        return Job(self.celery.AsyncResult(job_id), info, self._store, self.settings)
 
     def publish(self, func: Callable[..., Any], name: str | None = None) -> str:
         """Ship `func` to workers that do not have it in code; returns its content version."""

@@ -14,6 +14,7 @@ from typing import Any
 import click
 import pydantic
 import redis
+from kombu.exceptions import OperationalError
 from rich.console import Console
 from rich.table import Table
 
@@ -26,6 +27,8 @@ from graftq.registry.entity import IDENTITY_FIELDS
 from graftq.registry.store import EntityRegistry, as_uuid
 from graftq.settings import Settings
 from graftq.tables import heads_table
+from graftq.worker.config import unlimited
+from graftq.worker.connections import redis_client, unreachable
 
 # Piped output is read by programs: never wrap or cut ids there.
 console = Console() if sys.stdout.isatty() else Console(width=10_000, soft_wrap=True)
@@ -58,10 +61,24 @@ def load_app(path: str) -> App:
     app = getattr(module, attr)
     if not isinstance(app, App):
         raise click.BadParameter(f"{path!r} is {type(app).__name__}, not a graftq App")
+    click.get_current_context().meta[SETTINGS] = app.settings
     return app
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+SETTINGS = "graftq.settings"  # click context meta: the settings of the store or App in use
+
+
+class Commands(click.Group):
+    """The command group; a server that does not answer becomes `Unreachable`, naming it."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
+            raise unreachable(ctx.meta.get(SETTINGS) or Settings.from_env(), exc) from exc
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(graftq.__version__, prog_name="graftq")
 def main() -> None:
     """Typed functions on Celery workers over versioned Pydantic entities in Redis."""
@@ -86,6 +103,17 @@ def worker(
     if any(arg.startswith(("-P", "--pool")) for arg in ctx.args):
         raise click.UsageError("graftq workers always use the prefork pool; drop -P/--pool")
     app = load_app(app_path)
+    try:
+        unbounded = unlimited(app.callables.values(), app.settings.visibility_timeout)
+    except GraftError as exc:
+        raise click.UsageError(str(exc)) from None
+    if unbounded:
+        click.echo(
+            f"warning: {', '.join(unbounded)} have no time limit: a job running longer than the "
+            f"visibility timeout ({app.settings.visibility_timeout} s) is delivered again "
+            "while it runs (its commit still happens once)",
+            err=True,
+        )
     argv = ["worker", "--pool=prefork", f"--loglevel={loglevel}"]
     if concurrency:
         argv.append(f"--concurrency={concurrency}")
@@ -136,8 +164,8 @@ def open_store(app_path: str | None) -> EntityRegistry:
     if app_path:
         return load_app(app_path).entities
     settings = Settings.from_env()
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-    return EntityRegistry(client, prefix=settings.key_prefix)
+    click.get_current_context().meta[SETTINGS] = settings
+    return EntityRegistry(redis_client(settings.redis_url, settings), prefix=settings.key_prefix)
 
 
 @main.command()
@@ -286,13 +314,25 @@ def flower(app_path: str, port: int, address: str, basic_auth: str | None, no_au
         )
     if no_auth and not basic_auth and address not in LOOPBACK:
         raise click.UsageError(f"--no-auth is refused on {address}: bind to 127.0.0.1 or add auth")
-    if basic_auth and not all(":" in pair for pair in basic_auth.split(",")):
-        raise click.BadParameter("--basic-auth must be user:password[,user:password]")
+    if basic_auth:
+        _check_credentials(basic_auth)
     app = load_app(app_path)
     argv = ["flower", f"--port={port}", f"--address={address}"]
     if basic_auth:
         argv.append(f"--basic-auth={basic_auth}")
     app.celery.start(argv)
+
+
+def _check_credentials(basic_auth: str) -> None:
+    """Every pair is user:password with neither empty: an empty one counts as no auth."""
+    for pair in basic_auth.split(","):
+        user, colon, password = pair.partition(":")
+        if not colon:
+            raise click.BadParameter("--basic-auth must be user:password[,user:password]")
+        if not user or not password:
+            raise click.BadParameter(
+                "--basic-auth has an empty user name or password, which would let anyone in"
+            )
 
 
 @main.command()
@@ -320,8 +360,6 @@ def run() -> None:
         main(standalone_mode=True)
     except (GraftError, pydantic.ValidationError) as exc:
         click.echo(f"error: {exc}", err=True)
-    except redis.ConnectionError as exc:
-        click.echo(f"error: cannot reach Redis: {exc}", err=True)
     # Exit outside the handler, so the error (and the job it may hold) is freed first.
     sys.exit(1)
 

@@ -89,10 +89,13 @@ class _Process:
 class RedisServer(_Process):
     """One redis-server subprocess; use as a context manager or call stop()."""
 
-    def __init__(self, port: int | None = None, *, appendonly: bool = False) -> None:
+    def __init__(
+        self, port: int | None = None, *, appendonly: bool = False, fsync: str = "everysec"
+    ) -> None:
         self._pick_port = port is None  # a port we picked may be taken meanwhile: pick again
         self.port = port or free_port()
         self._appendonly = appendonly
+        self._fsync = fsync  # appendfsync: "always" makes every acknowledged write durable
         self._dir = tempfile.mkdtemp(prefix="graftq-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -121,6 +124,7 @@ class RedisServer(_Process):
             "--bind", "127.0.0.1",
             "--save", "",
             "--appendonly", "yes" if self._appendonly else "no",
+            "--appendfsync", self._fsync,
             "--dir", self._dir,
             "--daemonize", "no",
         ]  # fmt: skip
@@ -157,6 +161,14 @@ class RedisServer(_Process):
         """Stop and start again on the same port (data survives only with AOF)."""
         self.stop(keep_data=True)
         self.start()
+
+    def crash(self) -> None:
+        """SIGKILL the server, as a power cut would; `start()` brings it back from its AOF."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        self._pick_port = False  # come back where clients expect it
 
 
 class WorkerProcess(_Process):

@@ -17,6 +17,8 @@
     ├── IsolationError                             the isolated child died
     │   └── TimeLimitExceeded                      ... because it ran out of time
     ├── SignatureError                             published function with a bad signature
+    ├── InvalidSetting          (also ValueError)  a GRAFTQ_* variable or App argument is bad
+    ├── Unreachable         (also ConnectionError) Redis or the broker did not answer in time
     └── JobTimeout              (also TimeoutError) waited past Job.get(timeout)
 
 The class docstring is the default message; every raise names the id, path or
@@ -96,6 +98,14 @@ class TimeLimitExceeded(IsolationError):
 
 class SignatureError(GraftError):
     """A published function has no valid signature, so it was not loaded."""
+
+
+class InvalidSetting(GraftError, ValueError):
+    """A setting has a value it cannot take."""
+
+
+class Unreachable(GraftError, ConnectionError):
+    """Redis or the broker did not answer within the connect timeout."""
 
 
 class JobTimeout(GraftError, TimeoutError):

@@ -1,19 +1,56 @@
-"""The one settings object: frozen, typed, from arguments or `GRAFTQ_*` variables."""
+"""The one settings object: frozen, typed, from arguments or `GRAFTQ_*` variables.
+
+pydantic-settings reads and converts the variables; every value is validated, and a
+bad one is an `InvalidSetting` naming the variable (or the `App(...)` argument) it
+came from, with what was wrong. An empty variable counts as unset.
+"""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-from graftq.errors import GraftError
+import pydantic
+from pydantic import AfterValidator, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from graftq.errors import InvalidSetting
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 
 
-@dataclass(frozen=True)
-class Settings:
+def _url(value: str, schemes: frozenset[str] | None = None) -> str:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  # raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ValueError(f"not a URL: {exc}") from None
+    if not parts.scheme or (schemes is not None and parts.scheme not in schemes):
+        allowed = "scheme://..." if schemes is None else " or ".join(sorted(schemes))
+        raise ValueError(f"expected a {allowed} URL")
+    return value
+
+
+def _redis_url(value: str) -> str:
+    return _url(value, REDIS_SCHEMES)
+
+
+def _any_url(value: str | None) -> str | None:
+    return None if value is None else _url(value)
+
+
+def _prefix(value: str) -> str:
+    if not value or any(char.isspace() for char in value):
+        raise ValueError("must be non-empty, without whitespace")
+    return value
+
+
+Seconds = Annotated[int, Field(gt=0)]
+
+
+class Settings(BaseSettings):
     """Everything an App is configured with (`graftq flower` reads GRAFTQ_FLOWER_BASIC_AUTH).
 
     =========================== ============================= ==========================
@@ -23,38 +60,55 @@ class Settings:
     broker_url                  GRAFTQ_BROKER_URL             the Redis URL
     result_backend              GRAFTQ_RESULT_BACKEND         the Redis URL
     visibility_timeout          GRAFTQ_VISIBILITY_TIMEOUT     3600 (seconds)
+    connect_timeout             GRAFTQ_CONNECT_TIMEOUT        9 (seconds, see below)
     signing_key                 GRAFTQ_SIGNING_KEY            none: publishing refused
     key_prefix                  GRAFTQ_KEY_PREFIX             graftq
     rerun_timeout               GRAFTQ_RERUN_TIMEOUT          60 (seconds of re-runs on head moves)
     commit_retries              GRAFTQ_COMMIT_RETRIES         16 (WatchError retries)
     result_expires              GRAFTQ_RESULT_EXPIRES         86400 (seconds)
     =========================== ============================= ==========================
+
+    `connect_timeout` is the longest `submit`, `execute`, `Job.get` and the CLI wait
+    on a Redis or broker that does not answer before they raise `Unreachable`,
+    naming the URL (see `graftq.worker.connections`).
     """
 
-    redis_url: str = DEFAULT_REDIS_URL
-    broker_url: str | None = None
-    result_backend: str | None = None
-    visibility_timeout: int = 3600
-    signing_key: str | None = None
-    key_prefix: str = "graftq"
-    rerun_timeout: float = 60.0
-    commit_retries: int = 16
-    result_expires: int = 86400
+    model_config = SettingsConfigDict(
+        env_prefix="GRAFTQ_", frozen=True, env_ignore_empty=True, extra="forbid"
+    )
+
+    redis_url: Annotated[str, AfterValidator(_redis_url)] = DEFAULT_REDIS_URL
+    broker_url: Annotated[str | None, AfterValidator(_any_url)] = None
+    result_backend: Annotated[str | None, AfterValidator(_any_url)] = None
+    visibility_timeout: Seconds = 3600
+    connect_timeout: Annotated[float, Field(gt=0, le=300)] = 9.0
+    signing_key: Annotated[str | None, Field(repr=False)] = None  # never in logs
+    key_prefix: Annotated[str, AfterValidator(_prefix)] = "graftq"
+    rerun_timeout: Annotated[float, Field(ge=0)] = 60.0  # 0: no re-runs
+    commit_retries: Annotated[int, Field(gt=0)] = 16
+    result_expires: Seconds = 86400
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Settings from `GRAFTQ_*` variables; keyword arguments that are not None win."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for field in fields(cls):
-            raw = env.get(f"GRAFTQ_{field.name.upper()}")
-            if raw is not None and raw != "":
-                values[field.name] = _convert(field.name, raw, field.type)
-        values.update({key: value for key, value in overrides.items() if value is not None})
-        unknown = set(values) - {field.name for field in fields(cls)}
+        """Settings from `GRAFTQ_*` variables (of `env`, else the process environment);
+        keyword arguments that are not None win."""
+        given = {key: value for key, value in overrides.items() if value is not None}
+        unknown = set(given) - set(cls.model_fields)
         if unknown:
-            raise GraftError(f"unknown settings: {', '.join(sorted(unknown))}")
-        return replace(cls(), **values)
+            raise InvalidSetting(
+                f"unknown settings: {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(cls.model_fields)}"
+            )
+        try:
+            if env is None:
+                return cls(**given)
+            # Every field given, so pydantic-settings reads no process variable.
+            values = {name: field.get_default() for name, field in cls.model_fields.items()}
+            for name in cls.model_fields:
+                values[name] = env.get(f"GRAFTQ_{name.upper()}") or values[name]
+            return cls(**{**values, **given})
+        except pydantic.ValidationError as exc:
+            raise InvalidSetting(_explain(exc, given)) from None
 
     @property
     def broker(self) -> str:
@@ -65,11 +119,12 @@ class Settings:
         return self.result_backend or self.redis_url
 
 
-def _convert(name: str, raw: str, kind: Any) -> Any:
-    converters: dict[str, Any] = {"int": int, "float": float}
-    if kind not in converters:
-        return raw
-    try:
-        return converters[kind](raw)
-    except ValueError:
-        raise GraftError(f"GRAFTQ_{name.upper()} must be a number, got {raw!r}") from None
+def _explain(exc: pydantic.ValidationError, given: dict[str, Any]) -> str:
+    """One clause per bad value, naming where it came from."""
+    clauses = []
+    for error in exc.errors(include_url=False):
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        source = f"App({name}=...)" if name in given else f"GRAFTQ_{name.upper()}"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        clauses.append(f"{source}={error.get('input')!r:.80}: {message}")
+    return "invalid settings: " + "; ".join(clauses)

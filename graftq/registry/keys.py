@@ -9,7 +9,8 @@ key                                    type    holds
 ``{p}:exec:{execution_id}``            string  the Execution record (JSON)
 ``{p}:memo:{callable_version}:{hash}`` string  execution id of a cached successful run
 ``{p}:fn:{name}``                      hash    published function: version → signed payload
-``{p}:fn:{name}:latest``               string  newest published version of that name
+``{p}:fn:{name}:latest``               string  signed pointer to the newest version (JSON:
+                                               version, seq, signature)
 ``{p}:fns``                            set     names of all published functions
 ``{p}:lineages:{type}``                zset    lineage ids with a version of that entity type,
                                                scored by when the first one was stored

@@ -224,7 +224,8 @@ def _step(value: Any, segment: str, context: str) -> Any:
             raise InvalidReference(f"{context}: no key {segment!r}; keys: {keys}")
         return value[segment]
     if isinstance(value, list | tuple):
-        if not segment.isdigit() or int(segment) >= len(value):
+        digits = segment.isascii() and segment.isdigit() and len(segment) < 19  # "²".isdigit()
+        if not digits or int(segment) >= len(value):
             raise InvalidReference(
                 f"{context}: {segment!r} is not an index of this {type(value).__name__} "
                 f"of length {len(value)} (valid: 0..{len(value) - 1})"

@@ -15,7 +15,7 @@ from graftq.registry import containers, references
 from graftq.registry.entity import Entity
 from graftq.registry.execution import Execution, ExecutionStatus
 from graftq.registry.store import EntityRegistry
-from graftq.tasks import encoding
+from graftq.tasks import bounds, encoding
 from graftq.tasks.callables import CallableInfo
 
 
@@ -60,8 +60,10 @@ def input_digest(info: CallableInfo, input_data: Mapping[str, Any]) -> str:
 
     A redelivered job carries the same digest; another job reusing the id does not.
     """
+    given = as_input(input_data)
+    bounds.check_depth(given)  # before the recursive encoding: too deep is InvalidInput
     canonical = json.dumps(
-        [info.name, encoding.encode(as_input(input_data))], sort_keys=True, separators=(",", ":")
+        [info.name, encoding.encode(given)], sort_keys=True, separators=(",", ":")
     )
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
@@ -139,7 +141,7 @@ def prepare(
     execution's record is read in the same round trip as the inputs; if it
     succeeded, `Done` comes back and nothing is validated.
     """
-    given = as_input(input_data)
+    given = bounds.carried(store, info, as_input(input_data))  # too deep or not JSON: refused
     resolution = references.resolve(store, given, execution_id=replay_of)
     done = resolution.execution
     if done is not None and done.status is ExecutionStatus.SUCCESS:
@@ -159,7 +161,10 @@ def prepare_many(
 
     Any error names the index of the input it came from; then nothing was written.
     """
-    givens = [_at(index, as_input, data) for index, data in enumerate(inputs)]
+    givens = [
+        _at(index, lambda data: bounds.carried(store, info, as_input(data)), data)
+        for index, data in enumerate(inputs)
+    ]
     resolutions = _resolve_many(store, givens)
     kwargs = [_at(i, info.validate_input, r.value) for i, r in enumerate(resolutions)]
     if any(_has_entities(given) for given in givens):  # all entity objects in one transaction

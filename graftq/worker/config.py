@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery
 
+from graftq.errors import GraftError
 from graftq.settings import Settings
+from graftq.tasks.callables import CallableInfo
+from graftq.worker.connections import celery_timeouts
+
+BACKSTOP = 30.0  # seconds Celery's hard limit adds to a callable's own time limit
 
 
 def make_celery(name: str, settings: Settings) -> Any:
@@ -14,10 +20,10 @@ def make_celery(name: str, settings: Settings) -> Any:
 
     JSON only (no pickle from the broker), late acks with reject-on-worker-lost
     so a killed worker's job is redelivered, prefetch 1 so a long job does not
-    hold others back, task events for Flower, and results that expire.
+    hold others back, task events for Flower, results that expire, and every
+    broker and backend wait bounded by the connect timeout.
     """
     celery = Celery(name, broker=settings.broker, backend=settings.backend, set_as_current=False)
-    transport = {"visibility_timeout": settings.visibility_timeout}
     celery.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -32,10 +38,30 @@ def make_celery(name: str, settings: Settings) -> Any:
         task_track_started=True,
         result_expires=settings.result_expires,
         result_extended=True,
-        broker_transport_options=transport,
-        result_backend_transport_options=transport,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         enable_utc=True,
+        **celery_timeouts(settings),
     )
     return celery
+
+
+def unlimited(callables: Iterable[CallableInfo], visibility_timeout: float) -> list[str]:
+    """Names of callables without a time limit; GraftError if one's limit reaches the timeout.
+
+    Redis redelivers an unacknowledged job after the visibility timeout, also while it
+    still runs: a limit (plus the hard-limit backstop) at or over it means duplicate runs.
+    """
+    too_long = [
+        f"{info.name!r} may run {info.time_limit + BACKSTOP:g} s (time_limit "
+        f"{info.time_limit:g} s + {BACKSTOP:g} s hard-limit backstop)"
+        for info in callables
+        if info.time_limit is not None and info.time_limit + BACKSTOP >= visibility_timeout
+    ]
+    if too_long:
+        raise GraftError(
+            f"{'; '.join(too_long)}: not below GRAFTQ_VISIBILITY_TIMEOUT={visibility_timeout:g} s, "
+            "so Redis would deliver such a job again while it runs; raise the visibility "
+            "timeout or lower the time limit"
+        )
+    return sorted(info.name for info in callables if info.time_limit is None)

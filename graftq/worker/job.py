@@ -13,9 +13,11 @@ from celery.backends.redis import RedisBackend
 
 from graftq.errors import GraftError, InvalidInput, JobTimeout, TimeLimitExceeded
 from graftq.registry.store import EntityRegistry
+from graftq.settings import Settings
 from graftq.tasks import results
 from graftq.tasks.callables import CallableInfo
 from graftq.tasks.inputs import prepare, prepare_many, validation_error
+from graftq.worker.connections import reachable
 from graftq.worker.task import META
 
 
@@ -37,11 +39,16 @@ class Job:
     """A submitted job. `id` is the Celery task id, which is also the execution id."""
 
     def __init__(
-        self, result: Any, info: CallableInfo, store: Callable[[], EntityRegistry]
+        self,
+        result: Any,
+        info: CallableInfo,
+        store: Callable[[], EntityRegistry],
+        settings: Settings,
     ) -> None:
         self._result = result
         self._info = info
         self._store = store
+        self._settings = settings  # how long to wait on an unanswering server
 
     def __repr__(self) -> str:
         return f"<graftq.Job {self.id} {self._info.name} {self.status}>"
@@ -57,7 +64,8 @@ class Job:
     @property
     def status(self) -> str:
         """PENDING, STARTED, RETRY, SUCCESS, FAILURE (or REVOKED)."""
-        return str(self._result.state)
+        with reachable(self._settings):
+            return str(self._result.state)
 
     @property
     def done(self) -> bool:
@@ -71,7 +79,8 @@ class Job:
         `JobTimeout` after `timeout` seconds.
         """
         try:
-            payload = self._result.get(timeout=timeout, propagate=True)
+            with reachable(self._settings):
+                payload = self._result.get(timeout=timeout, propagate=True)
         except celery.exceptions.TimeoutError:
             # Celery keeps a waited-on result alive until it resolves; let go of it
             # (a later get() registers it again) so nothing lingers past shutdown.
@@ -86,14 +95,15 @@ class Job:
             ) from None
         except InvalidInput as exc:
             raise _validation_error(exc) from None
-        store = self._store()
-        execution = store.execution(payload["execution_id"])
-        if execution is None:
-            raise GraftError(
-                f"job {self.id} ({self._info.name}) succeeded but its execution record "
-                f"{payload['execution_id']} is missing from the store"
-            )
-        return results.replay(store, execution.result, execution.outputs)
+        with reachable(self._settings):
+            store = self._store()
+            execution = store.execution(payload["execution_id"])
+            if execution is None:
+                raise GraftError(
+                    f"job {self.id} ({self._info.name}) succeeded but its execution record "
+                    f"{payload['execution_id']} is missing from the store"
+                )
+            return results.replay(store, execution.result, execution.outputs)
 
     async def aget(self, timeout: float | None = None, poll: float = 0.05) -> Any:
         """`get` without blocking the event loop (polls the result backend)."""
@@ -113,6 +123,8 @@ class Job:
 
 def _validation_error(exc: InvalidInput) -> Exception:
     """Pydantic's own ValidationError again, when its details survived the trip."""
+    if not exc.errors:  # refused before validation (too deep, not JSON): no details
+        return exc
     try:
         return validation_error(exc.title or "input", exc.errors or [])
     except (TypeError, KeyError, ValueError):
@@ -128,6 +140,7 @@ def submit(
     task: str,
     meta: Mapping[str, Any] | None = None,
     options: Mapping[str, Any] | None = None,
+    settings: Settings,
 ) -> Job:
     """Resolve and validate now, then enqueue; on any error nothing is enqueued.
 
@@ -140,7 +153,7 @@ def submit(
     args = [prepared.given]
     shown = {"argsrepr": _shown(args), "kwargsrepr": _shown(kwargs)}
     result = celery_app.send_task(task, args=args, kwargs=kwargs, **shown, **dict(options or {}))
-    return Job(result, info, store)
+    return Job(result, info, store, settings)
 
 
 def submit_many(
@@ -152,6 +165,7 @@ def submit_many(
     task: str,
     meta: Mapping[str, Any] | None = None,
     options: Mapping[str, Any] | None = None,
+    settings: Settings,
 ) -> list[Job]:
     """`submit` for a batch: every input resolved and validated first (one read for all
     references), then all messages published in one go (kombu's batched publish)."""
@@ -177,7 +191,7 @@ def submit_many(
             )
             for one in prepared
         ]
-    return [Job(result, info, store) for result in results]
+    return [Job(result, info, store, settings) for result in results]
 
 
 def _shown(value: Any, limit: int = 1024) -> str:

@@ -21,12 +21,13 @@ from graftq.settings import Settings
 from graftq.tasks.callables import CallableInfo
 from graftq.tasks.runner import Call, run_call
 from graftq.worker import logs
+from graftq.worker.config import BACKSTOP
+from graftq.worker.guard import GUARDED_STRATEGY
 
 TASK_PREFIX = "graftq."
 PUBLISHED_TASK = "graftq.published"
 META = "_graftq"
 INPUT_KEYWORD = "input_data"  # parameter names cannot start with "_", so this never clashes
-BACKSTOP = 30.0  # seconds Celery's hard limit adds to a callable's own time limit
 
 
 def task_name(callable_name: str) -> str:
@@ -111,6 +112,7 @@ def bind_published(
         reject_on_worker_lost=True,
         typing=False,
         shared=False,  # the task belongs to this App's Celery only
+        Strategy=GUARDED_STRATEGY,  # a message too deep for the pool fails its job, not the worker
     )(published)
 
 
@@ -135,4 +137,5 @@ def bind(
         time_limit=limit,
         typing=False,
         shared=False,  # two Apps in one process must not share task names
+        Strategy=GUARDED_STRATEGY,  # a message too deep for the pool fails its job, not the worker
     )(task)

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -167,8 +167,8 @@ def test_every_code_block_runs(
 
 def test_the_configuration_page_names_every_setting_with_its_default() -> None:
     page = (ROOT / "docs" / "configuration.md").read_text()
-    for field in fields(Settings):
-        variable = f"GRAFTQ_{field.name.upper()}"
+    for name, field in Settings.model_fields.items():
+        variable = f"GRAFTQ_{name.upper()}"
         rows = [line for line in page.splitlines() if line.startswith(f"| `{variable}`")]
         assert rows, f"docs/configuration.md has no table row for {variable}"
         default = field.default

@@ -1,0 +1,199 @@
+"""Input bounds: how deep an input may nest, and which values its JSON can carry.
+
+A job's input travels as JSON (the broker's, or the Execution record's for
+`app.execute`), so `carried` refuses, with `InvalidInput` and before anything
+is stored, enqueued or run:
+
+* nesting deeper than `MAX_DEPTH` containers (dicts, lists, tuples, sets,
+  models) inside one parameter — counted without recursion, so a hostile input
+  cannot make the check itself overflow the stack;
+* a value with no JSON form (`object()`, non-UTF-8 `bytes`, NaN or infinity,
+  a dict key that is not a str or int);
+* a dict whose keys are exactly ``__type__`` and ``__value__``: kombu's JSON
+  reserves that shape for the types it smuggles through, so it would arrive as
+  something else;
+* a value whose JSON form validates, against its parameter, to something other
+  than the value itself validates to (a `set` or `bytes` in an `Any` parameter
+  comes back a list or a str). A `datetime` for a `datetime` parameter, a set
+  for a `set[int]` parameter, an `Enum` member for its Enum parameter round-trip
+  and pass.
+
+The callable then always gets the JSON form validated, in `app.execute` as on a
+worker. Entity objects are kept as they are: they are stored and replaced by
+references. The same depth bound guards a worker before it hands a message to
+its pool (`graftq.worker.guard`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import pydantic
+import pydantic_core
+from pydantic import BaseModel
+
+from graftq.errors import InvalidInput
+from graftq.registry import references
+from graftq.registry.entity import Entity
+
+if TYPE_CHECKING:
+    from graftq.registry.store import EntityRegistry
+    from graftq.tasks.callables import CallableInfo
+
+__all__ = ["ENVELOPE", "MAX_DEPTH", "carried", "check_depth", "depth_exceeds"]
+
+MAX_DEPTH = 64
+ENVELOPE = frozenset({"__type__", "__value__"})  # kombu's JSON marks its own types so
+_PLAIN = frozenset({str, int, float, bool, type(None)})  # exact: an IntEnum arrives as an int
+_CONTAINERS = (dict, list, tuple, set, frozenset, BaseModel)
+
+
+def _children(value: Any) -> Iterator[Any]:
+    if isinstance(value, dict):
+        yield from value.values()
+    elif isinstance(value, list | tuple | set | frozenset):
+        yield from value
+    elif isinstance(value, BaseModel):
+        yield from value.__dict__.values()
+        yield from (value.__pydantic_extra__ or {}).values()
+
+
+def depth_exceeds(value: Any, limit: int) -> bool:
+    """True if `value` nests more than `limit` containers (iterative; cycles count as deep)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, _CONTAINERS):
+            if depth >= limit:
+                return True
+            stack.extend((child, depth + 1) for child in _children(item))
+    return False
+
+
+def check_depth(input_data: Mapping[str, Any], limit: int = MAX_DEPTH) -> None:
+    """`InvalidInput` naming the first parameter whose value nests deeper than `limit`."""
+    for name, value in input_data.items():
+        if depth_exceeds(value, limit):
+            raise InvalidInput(
+                f"parameter {name!r}: nested deeper than {limit} containers; "
+                "graftq refuses deeper input so no worker can be overflowed"
+            )
+
+
+def carried(
+    store: EntityRegistry, info: CallableInfo, input_data: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The input as JSON carries it (Entity objects kept); `InvalidInput` if it cannot be.
+
+    Raises `pydantic.ValidationError` if the value as given does not validate.
+    """
+    check_depth(input_data)
+    for name in input_data:
+        if not isinstance(name, str):
+            raise InvalidInput(f"input key {name!r:.80} is not a parameter name (a str)")
+    changed: list[str] = []
+    form = {name: _json_form(value, name, changed) for name, value in input_data.items()}
+    if changed:
+        _check_round_trip(store, info, input_data, form, sorted(set(changed)))
+    return form
+
+
+def _json_form(value: Any, where: str, changed: list[str]) -> Any:
+    """`value` as JSON data; `changed` gets `where` if that differs from the value."""
+    if isinstance(value, Entity):
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidInput(f"parameter {where!r}: {value} has no JSON form")
+    if type(value) in _PLAIN:
+        return value
+    if type(value) not in (dict, list):
+        changed.append(where)  # a tuple arrives a list, a subclass (IntEnum, ...) its base
+    if isinstance(value, dict):
+        if value.keys() == ENVELOPE:
+            raise InvalidInput(
+                f"parameter {where!r}: a dict with exactly the keys __type__ and __value__ "
+                "is reserved by the broker's JSON (it would arrive decoded as another type)"
+            )
+        return {_key(k, where, changed): _json_form(v, where, changed) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_form(item, where, changed) for item in value]
+    try:
+        return pydantic_core.to_jsonable_python(value)
+    except (pydantic_core.PydanticSerializationError, ValueError, TypeError) as exc:
+        raise InvalidInput(
+            f"parameter {where!r}: a {type(value).__name__} value has no JSON form ({exc}); "
+            "a job's input must travel as JSON"
+        ) from None
+
+
+def _key(key: Any, where: str, changed: list[str]) -> str:
+    if isinstance(key, str):
+        return key
+    if isinstance(key, int) and not isinstance(key, bool):
+        changed.append(where)
+        return str(key)
+    raise InvalidInput(
+        f"parameter {where!r}: dict key {key!r:.80} is a {type(key).__name__}; "
+        "JSON object keys are strings (ints are carried as their digits)"
+    )
+
+
+def _check_round_trip(
+    store: EntityRegistry,
+    info: CallableInfo,
+    given: Mapping[str, Any],
+    form: dict[str, Any],
+    names: list[str],
+) -> None:
+    """Refuse parameters whose JSON form validates to something else than the value does.
+
+    Both forms are resolved in one go, so they see the same stored versions.
+    """
+    both = references.resolve(store, {"given": dict(given), "form": form}).value
+    expected = info.validate_input(both["given"])  # the value as given must be valid itself
+    try:
+        arrives = info.validate_input(both["form"])
+    except pydantic.ValidationError as exc:
+        failing = sorted({str(error["loc"][0]) for error in exc.errors() if error["loc"]})
+        raise InvalidInput(_lost(failing or names, given, "does not validate")) from None
+    lost = [name for name in names if not same(expected.get(name), arrives.get(name))]
+    if lost:
+        details = ", ".join(f"{type(arrives.get(n)).__name__}" for n in lost)
+        raise InvalidInput(_lost(lost, given, f"arrives as {details}"))
+
+
+def _lost(names: list[str], given: Mapping[str, Any], what: str) -> str:
+    shown = ", ".join(f"{name!r} ({type(given.get(name)).__name__})" for name in names)
+    return (
+        f"parameter {shown}: the value does not survive the broker's JSON — its JSON form "
+        f"{what}; pass JSON types (dict, list, str, int, float, bool, None) or annotate "
+        "the parameter with the type you pass (e.g. set[int], datetime)"
+    )
+
+
+def same(left: Any, right: Any) -> bool:
+    """Equal values of exactly the same types, all the way down (NaN equals NaN)."""
+    stack = [(left, right)]
+    while stack:
+        a, b = stack.pop()
+        if type(a) is not type(b):
+            return False
+        if isinstance(a, dict):
+            if a.keys() != b.keys():
+                return False
+            stack.extend((a[key], b[key]) for key in a)
+        elif isinstance(a, list | tuple):
+            if len(a) != len(b):
+                return False
+            stack.extend(zip(a, b, strict=True))
+        elif isinstance(a, BaseModel):
+            stack.append((a.__dict__, b.__dict__))
+            stack.append((a.__pydantic_extra__, b.__pydantic_extra__))
+        elif isinstance(a, float):
+            if not (a == b or (math.isnan(a) and math.isnan(b))):
+                return False
+        elif a != b:
+            return False
+    return True

@@ -1,0 +1,101 @@
+"""Bounded waits on Redis and the broker, and one error for a server that does not answer.
+
+`Settings.connect_timeout` is the longest a call waits on a server that does not
+answer (kombu and redis-py wait forever, or minutes, by default: a stopped Redis
+or a listener that never answers hung `submit`). The worst path makes three
+waits in a row — kombu's publish times out, reconnects (connect and PING) and
+publishes again — so every client gives up on one connection attempt or reply
+after a third of it (`wait`). Clients retry once, at once, only after a
+dropped connection (what a restarted server looks like), so the same App
+works again as soon as the server is back; Celery's result backend does not
+retry, since its own reconnect is already a second wait.
+
+`reachable` turns what the clients raise when a server is down — redis-py's
+ConnectionError and TimeoutError, kombu's OperationalError, Celery's
+RuntimeError that the result backend "must be restarted" (it need not) — into
+`Unreachable`, naming the URLs (passwords masked) and the timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from kombu.exceptions import OperationalError
+from kombu.utils.url import maybe_sanitize_url
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from graftq.errors import Unreachable
+from graftq.settings import Settings
+
+WAITS = 3  # the most waits in a row on one call (see above)
+_AT_ONCE = {"interval_start": 0, "interval_step": 0, "interval_max": 0}
+_BACKEND_GAVE_UP = "Retry limit exceeded while trying to reconnect"  # Celery's RuntimeError
+
+
+def redis_client(url: str, settings: Settings) -> redis.Redis:
+    """A decoding redis-py client for the store whose waits are bounded."""
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        health_check_interval=30,
+        socket_connect_timeout=wait(settings),
+        socket_timeout=wait(settings),
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+    )
+
+
+def celery_timeouts(settings: Settings) -> dict[str, Any]:
+    """Celery configuration that bounds every broker and result-backend wait."""
+    timeout = wait(settings)
+    transport = {
+        "visibility_timeout": settings.visibility_timeout,
+        "socket_timeout": timeout,  # kombu: publish and other synchronous commands
+        "socket_connect_timeout": timeout,
+        # Sweep for jobs of dead workers every 10 s, not every 100 s (kombu's default
+        # throttle): redelivery then comes within visibility timeout + 10 s.
+        "unacked_restore_throttle": 1,
+    }
+    return {
+        "broker_connection_timeout": timeout,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {
+            **transport,
+            "retry_policy": {"max_retries": 0, **_AT_ONCE},
+        },
+        "redis_socket_timeout": timeout,
+        "redis_socket_connect_timeout": timeout,
+        "task_publish_retry_policy": {"max_retries": 1, **_AT_ONCE},
+    }
+
+
+def wait(settings: Settings) -> float:
+    """Seconds one connection attempt or reply may take."""
+    return settings.connect_timeout / WAITS
+
+
+@contextlib.contextmanager
+def reachable(settings: Settings) -> Iterator[None]:
+    """Raise `Unreachable` for a server that refused, dropped or did not answer in time."""
+    try:
+        yield
+    except (TimeoutError, redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
+        raise unreachable(settings, exc) from exc
+    except RuntimeError as exc:
+        if _BACKEND_GAVE_UP not in str(exc):
+            raise
+        raise unreachable(settings, exc) from exc
+
+
+def unreachable(settings: Settings, exc: BaseException) -> Unreachable:
+    urls = dict.fromkeys(
+        maybe_sanitize_url(url) for url in (settings.redis_url, settings.broker, settings.backend)
+    )
+    cause = " ".join(str(exc).split()) or type(exc).__name__
+    return Unreachable(
+        f"cannot reach {' / '.join(urls)} within {settings.connect_timeout:g} s "
+        f"(GRAFTQ_CONNECT_TIMEOUT): {type(exc).__name__}: {cause:.300}"
+    )

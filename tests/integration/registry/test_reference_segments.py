@@ -1,0 +1,21 @@
+"""Index segments are ASCII digits only (issue 10 item 3: "²".isdigit() is true)."""
+
+from __future__ import annotations
+
+import pytest
+
+from graftq import InvalidReference
+from graftq.registry.store import EntityRegistry
+from tests.apps.school import Student
+
+
+@pytest.mark.parametrize("segment", ["²", "٣", "-1", "0x1", " 1", "1_0", "9" * 5000])
+def test_a_non_ascii_digit_index_is_an_invalid_reference(reg: EntityRegistry, segment: str) -> None:
+    ada = reg.put(Student(name="Ada", age=20, tags=["a", "b", "c", "d"]))
+    with pytest.raises(InvalidReference, match="is not an index"):
+        reg.resolve(f"@{ada.ecs_id}.tags.{segment}")
+
+
+def test_an_ascii_index_still_works(reg: EntityRegistry) -> None:
+    ada = reg.put(Student(name="Ada", age=20, tags=["a", "b", "c", "d"]))
+    assert reg.resolve(f"@{ada.ecs_id}.tags.3") == "d"
