@@ -1,14 +1,15 @@
-"""The graftq side of bench/throughput.py: one `increment(counter: Counter) -> Counter`.
+"""The graftq side of bench/throughput.py: `increment(counter: Counter) -> Counter`, twice.
 
-Store, broker and results on GRAFTQ_REDIS_URL. Workers load it with
-``graftq worker --app bench.graftq_app:app -c 2``.
+``increment`` runs isolated (a fork per call, the default); ``increment_inline`` is the
+same function registered with ``isolation="none"``. Store, broker and results on
+GRAFTQ_REDIS_URL. Workers load it with ``graftq worker --app bench.graftq_app:app -c 2``.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from bench._rtt import install_from_env
+from bench import _rtt, _timing
 from graftq import App, Entity
 
 
@@ -26,4 +27,11 @@ def increment(counter: Counter) -> Counter:
     return counter
 
 
-install_from_env()
+@app.register(name="increment_inline", isolation="none")
+def increment_inline(counter: Counter) -> Counter:
+    counter.value += 1
+    return counter
+
+
+_rtt.install_from_env()
+_timing.install_from_env(graftq=True)

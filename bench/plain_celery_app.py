@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from bench._rtt import install_from_env
+from bench import _rtt, _timing
 from graftq.settings import Settings
 from graftq.worker.config import make_celery
 
@@ -29,4 +29,5 @@ def noop(x: int) -> int:
     return x
 
 
-install_from_env()
+_rtt.install_from_env()
+_timing.install_from_env(graftq=False)
