@@ -116,6 +116,26 @@ def parent_of(pid: int) -> int | None:
     return None if found is None else found.ppid
 
 
+def ancestor_among(pid: int, candidates: list[int]) -> int | None:
+    """The nearest ancestor of `pid` that is one of `candidates` (e.g. a worker's pool)."""
+    found = parent_of(pid)
+    while found is not None and found > 1 and found not in candidates:
+        found = parent_of(found)
+    return found if found in candidates else None
+
+
+def running_calls(root: int) -> list[Proc]:
+    """Isolated children below `root` that are running a call (named ``graftq-call``)."""
+    return [proc for proc in descendants(root) if name_of(proc.pid) == "graftq-call"]
+
+
+def name_of(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+
+
 def children_of(pid: int) -> list[int]:
     try:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]

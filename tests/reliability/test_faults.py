@@ -19,7 +19,8 @@ from graftq import App, GraftError, IsolationError
 from graftq.devserver import RedisServer
 from tests.apps.school import Counter
 from tests.integration.worker.conftest import Node, new_queue, running
-from tests.integration.worker.helpers import alive, chain_from_head, children_of, wait_until
+from tests.integration.worker.helpers import alive, chain_from_head, wait_until
+from tests.processes import running_calls
 from tests.reliability.conftest import RELIABLE, Tally
 
 
@@ -32,7 +33,7 @@ def body_running(node: Node) -> tuple[int, int]:
     found: list[tuple[int, int]] = []
 
     def running_body() -> bool:
-        found[:] = [(p, c) for p in node.proc.pool_pids() for c in children_of(p)]
+        found[:] = [(p, c.pid) for p in node.proc.pool_pids() for c in running_calls(p)]
         return bool(found)
 
     wait_until(running_body, 20, f"a job body running on {node.name}")

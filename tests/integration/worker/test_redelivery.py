@@ -14,7 +14,16 @@ from graftq.devserver import RedisServer
 from tests.apps.school import Counter
 from tests.entities import put_counter
 from tests.integration.worker.conftest import FAULTY, Node, running
-from tests.processes import Proc, identify, kill, lives, parent_of, read_pid, read_proc, wait_until
+from tests.processes import (
+    Proc,
+    ancestor_among,
+    identify,
+    kill,
+    lives,
+    read_pid,
+    read_proc,
+    wait_until,
+)
 
 
 def received(node: Node, job_id: str) -> int:
@@ -23,9 +32,12 @@ def received(node: Node, job_id: str) -> int:
 
 
 def kill_the_pool_process_running(node: Node, body: Proc) -> None:
-    """SIGKILL the node's pool process whose isolated child is `body` (while it is held)."""
-    pool_pid = parent_of(body.pid)
-    assert pool_pid is not None and pool_pid in node.proc.pool_pids()
+    """SIGKILL the node's pool process whose isolated child is `body` (while it is held).
+
+    The child is the pool process's grandchild (through its zygote) or its child.
+    """
+    pool_pid = ancestor_among(body.pid, node.proc.pool_pids())
+    assert pool_pid is not None
     pool_process = identify(pool_pid)
     assert pool_process is not None and lives(body)
     assert kill(pool_process)
