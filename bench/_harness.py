@@ -128,18 +128,22 @@ def proc_cpu(pid: int) -> tuple[float, float]:
     return own / CLOCK_TICKS, reaped / CLOCK_TICKS
 
 
-ROLES = ("producer", "worker main", "pool children", "forked body children", "redis-server")
+ROLES = ("producer", "worker main", "pool children", "zygotes and body children", "redis-server")
 
 
 def cpu_snapshot(redis_pid: int, main_pid: int) -> dict[str, float]:
     """CPU seconds so far of each process taking part, by role."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    pool = [proc_cpu(pid) for pid in children(main_pid)]
+    pools = children(main_pid)
+    pool = [proc_cpu(pid) for pid in pools]
+    zygotes = [proc_cpu(pid) for parent in pools for pid in children(parent)]  # alive: no cutime
     values = (
         usage.ru_utime + usage.ru_stime,  # this process, including its polling
         proc_cpu(main_pid)[0],
         sum(own for own, _ in pool),  # the task, including the parent's side of each fork
-        sum(reaped for _, reaped in pool),
+        # Bodies forked by the pool process are its reaped children; with a zygote, the
+        # zygote (a live child) and the bodies it forked and reaped.
+        sum(reaped for _, reaped in pool) + sum(own + reaped for own, reaped in zygotes),
         proc_cpu(redis_pid)[0],
     )
     return dict(zip(ROLES, values, strict=True))

@@ -7,20 +7,22 @@ keeps Celery and redis-py out of that import) and forks its next child before th
 call arrives, so the fork is cheap and done by the time it is needed. Where the
 host has transparent huge pages, its heap lives in them (fewer pages to copy).
 
-Three channels join the pool process (P), the zygote (Z) and its current child (C)::
+Two channels join the pool process (P), the zygote (Z) and its current child (C)::
 
-    control  socketpair P <-> Z   P: call request, kill;   Z: ready, status (C ended)
-    data     socketpair P <-> C   C: what it logs and prints, then its result frame
-    feed     pipe Z -> C          Z hands C the call request
+    data     socketpair P <-> C   P: the request;  C: "started", what it logs and prints, its result
+    control  socketpair P <-> Z   P: kill;  Z: ready, and the status of each child that ended
 
-A call: P sends the request; Z passes it to its waiting child; C runs it isolated
-(every store an overlay, sockets it inherited pointed at /dev/null, a subreaper that
-kills what it started) and writes its frame to P; Z reaps C, kills anything left,
-tells P how C ended, and forks the next child. On a time limit P asks Z to kill C.
-What the body logs or prints travels to P as it happens and is logged there, in the
-job's context, as if the body had run in P (a direct fork inherits P's logging).
-P never waits on a child it did not fork, and a stale request can never reach the
-next child: each child has its own feed. Z dies with P, C with Z (PDEATHSIG).
+A call: P writes the request; the waiting child sees it, says it started, reads
+it, runs it isolated (every store an overlay, a subreaper that kills what it
+started) and writes its frame; P has its answer. Z, woken only by the child's end,
+reaps it, kills anything left, throws away a request no child read (its child died
+first), tells P how the child ended and whether it left a request unread, and forks
+the next. P reads that status before its next request, so no request can reach a
+child it was not meant for; a status that is neither about a started child nor about
+an unread request is a spare that died idle, and P goes on waiting. On a time limit P asks Z to kill
+C. What the body logs or prints travels to P as it happens and is logged there, in
+the job's context, as if the body had run in P (a direct fork inherits P's logging).
+Z dies with P, C with Z (PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ from graftq.errors import IsolationError, TimeLimitExceeded
 from graftq.registry.overlay import isolate_stores
 from graftq.tasks import encoding, isolation
 
-_REQUEST, _KILL, _READY, _STATUS, _OUTPUT = b"Q", b"K", b"H", b"S", b"L"
+_REQUEST, _STARTED, _KILL, _READY, _STATUS, _OUTPUT = b"Q", b"A", b"K", b"H", b"S", b"L"
+_Frame = tuple[bytes, bytes]
 _START_TIMEOUT = 60.0  # seconds a zygote may take to import the App's module
 _HUGE_PAGES = {"PYTHONMALLOC": "malloc", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 
@@ -71,6 +74,7 @@ class Zygote:
             control.close()
             data.close()
         self._ready = False
+        self._owed = False  # the status of the last child is still to be read
 
     @property
     def pid(self) -> int:
@@ -101,40 +105,46 @@ class Zygote:
         """Run one call; the decoded result, the call's own exception, or IsolationError."""
         if not self._ready:
             self._await_ready()
+        if self._owed:
+            self._status()
         request = {**request, "log_level": logging.getLogger().getEffectiveLevel()}
-        _send(self._control, _REQUEST, json.dumps(request).encode())
+        _send(self._data, _REQUEST, json.dumps(request).encode())
         deadline = None if time_limit is None else time.monotonic() + time_limit
         try:
             frame, status = self._collect(deadline)
         except BaseException:  # e.g. Celery's soft time limit: the child must not outlive us
             self._abandon()
             raise
-        where = f"isolated call {name} (zygote child pid {status['pid']})"
-        if frame is None and status.get("killed"):
-            raise TimeLimitExceeded(
-                f"isolated call {name} exceeded its time limit of {time_limit}s "
-                f"and was stopped (zygote child pid {status['pid']} killed)"
-            )
         if frame is None:
+            where = f"isolated call {name} (zygote child pid {status['pid']})"
+            if status["killed"]:
+                raise TimeLimitExceeded(
+                    f"{where} exceeded its time limit of {time_limit}s and was stopped"
+                )
             raise IsolationError(f"{where} {_describe(status['status'])} before sending a result")
         kind, payload = frame
         if kind == isolation._RESULT:
             return decode(payload)
-        raise isolation._remote_error(payload, where) from None
+        raise isolation._remote_error(payload, f"isolated call {name}") from None
 
-    def _abandon(self) -> None:
-        """Kill the running child and wait for the zygote to say it is gone; a zygote that
-        does not answer is stopped (the next call starts another)."""
-        try:
-            _send(self._control, _KILL, b"")
-            while _readable([self._control], _START_TIMEOUT):
-                if _receive(self._control)[0] == _STATUS:
-                    _drain(self._data)
-                    return
-        except (OSError, IsolationError):
-            pass
+    def _status(self) -> dict[str, Any]:
+        """The zygote's status of the child that ended; a silent zygote is stopped."""
+        self._owed = False
+        if _readable([self._control], _START_TIMEOUT):
+            kind, payload = _receive(self._control)
+            if kind == _STATUS:
+                status: dict[str, Any] = json.loads(payload)
+                return status
         self._process.kill()
         self.close()
+        raise IsolationError(f"the zygote for {self.app_path} stopped answering; it was killed")
+
+    def _abandon(self) -> None:
+        """Kill the running child, wait until the zygote says it is gone, drop its output."""
+        with contextlib.suppress(OSError, IsolationError):
+            _send(self._control, _KILL, b"")
+            self._status()
+            _drain(self._data)
 
     def _await_ready(self) -> None:
         ready = _readable([self._control], _START_TIMEOUT)
@@ -147,26 +157,31 @@ class Zygote:
             )
         self._ready = True
 
-    def _collect(self, deadline: float | None) -> tuple[tuple[bytes, bytes] | None, dict[str, Any]]:
-        """The child's frame (if it sent one) and the zygote's status of the child."""
-        frame: tuple[bytes, bytes] | None = None
-        killed = False
+    def _collect(self, deadline: float | None) -> tuple[_Frame | None, dict[str, Any]]:
+        """The child's frame, or none and the zygote's status of the child.
+
+        With a frame, the child's status is left to be read before the next request
+        (the child has ended its call; its exit is no reason to wait).
+        """
+        killed = started = False
         while True:
             wait = None if deadline is None or killed else max(0.0, deadline - time.monotonic())
-            readable = _readable([self._control, self._data], wait)
+            readable = _readable([self._data, self._control], wait)
             if not readable:  # past the deadline: the zygote kills the child and says so
                 _send(self._control, _KILL, b"")
                 killed = True
                 continue
-            if self._data in readable and frame is None:
-                frame = _output_or(_receive(self._data))
+            if self._data in readable and (frame := _output_or(_receive(self._data))):
+                if frame[0] == _STARTED:
+                    started = True
+                    continue
+                self._owed = True
+                return frame, {}
             if self._control in readable:
-                kind, payload = _receive(self._control)
-                if kind != _STATUS:
-                    raise IsolationError(f"the zygote for {self.app_path} sent {kind!r}")
-                status: dict[str, Any] = json.loads(payload)
-                if frame is None:  # the child may have written just before it ended
-                    frame = _drain(self._data)
+                status = self._status()
+                if not (started or status["unread"]):  # a spare died idle: not our call
+                    continue
+                frame = _drain(self._data)  # the child may have written just before it ended
                 status["killed"] = killed and frame is None
                 return frame, status
 
@@ -265,48 +280,56 @@ def _serve(app_path: str, control: socket.socket, data: socket.socket) -> None:
         prctl(isolation._PR_SET_NAME, b"graftq-zygote")
     module_name, _, attr = app_path.partition(":")
     app = getattr(importlib.import_module(module_name), attr)
-    # Whatever the import connected to is closed here, once, not in each child.
+    # What every child needs is done here, once: a child's every first write to a page
+    # is a copy, so the less it does after the fork, the cheaper it is. The zygote
+    # itself never runs a call, so it may as well be isolated, quiet and socket-free.
     isolation._neutralize_sockets(data.fileno(), control.fileno())
+    isolate_stores()
+    _forward_output(data)
     _send(control, _READY, b"")
     while True:
-        feed_read, feed_write = os.pipe()
         pid = os.fork()
         if pid == 0:
             control.close()
-            os.close(feed_write)
-            _child(feed_read, data, app)
-        os.close(feed_read)
-        if not _supervise(pid, feed_write, control):
+            _child(data, app)
+        if not _supervise(pid, control, data):
             return
 
 
-def _supervise(pid: int, feed: int, control: socket.socket) -> bool:
-    """Pass the next request to child `pid`, until it ends; False once P is gone."""
+def _supervise(pid: int, control: socket.socket, data: socket.socket) -> bool:
+    """Wait for child `pid` to end (killing it when P asks), then report; False once P left."""
     pidfd = os.pidfd_open(pid)
     try:
         alive = True
         while alive and pidfd not in _readable([control.fileno(), pidfd], None):
             try:
-                kind, payload = _receive(control)
+                _receive(control)  # a kill request: P sends nothing else here
             except (IsolationError, OSError):  # P closed: the child goes, and so do we
                 alive = False
-                kind = _KILL
-            if kind == _REQUEST:
-                with contextlib.suppress(BrokenPipeError):  # the child died first: see below
-                    isolation._write_all(feed, payload)
-                os.close(feed)
-                feed = -1
-            elif kind == _KILL:
-                _stop(pid)
+            _stop(pid)
         status = os.waitpid(pid, 0)[1]
-        isolation._sweep()  # whatever the child left is ours now (a subreaper): kill it
-        if alive:
-            _send(control, _STATUS, json.dumps({"pid": pid, "status": status}).encode())
-        return alive
     finally:
         os.close(pidfd)
-        if feed >= 0:
-            os.close(feed)
+    isolation._sweep()  # whatever the child left is ours now (a subreaper): kill it
+    unread = _discard_unread(data)
+    if alive:
+        report = {"pid": pid, "status": status, "unread": unread}
+        _send(control, _STATUS, json.dumps(report).encode())
+    return alive
+
+
+def _discard_unread(data: socket.socket) -> bool:
+    """Drop a request its child never read (it died first); whether there was one."""
+    dropped = False
+    data.setblocking(False)
+    try:
+        while data.recv(1 << 20):
+            dropped = True
+    except BlockingIOError:
+        pass
+    finally:
+        data.setblocking(True)
+    return dropped
 
 
 def _stop(pid: int) -> None:
@@ -317,7 +340,7 @@ def _stop(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def _child(feed: int, data: socket.socket, app: Any) -> NoReturn:
+def _child(data: socket.socket, app: Any) -> NoReturn:
     """A spare child: wait for a request, run it isolated, send one frame, ``os._exit``."""
     code = isolation._EXIT_FAILED
     try:
@@ -325,20 +348,22 @@ def _child(feed: int, data: socket.socket, app: Any) -> NoReturn:
         if prctl is not None:
             prctl(isolation._PR_SET_PDEATHSIG, int(signal.SIGKILL))
             prctl(isolation._PR_SET_CHILD_SUBREAPER, 1)
-        isolation._reset_child_state()
-        if prctl is not None:
-            prctl(isolation._PR_SET_NAME, b"graftq-spare")
-        raw = _read_all(feed)
-        if not raw:  # the zygote is stopping: no call came
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
+        if not data.recv(1, socket.MSG_PEEK):  # P is gone: no call came
             os._exit(0)
+        _send(data, _STARTED, b"")  # before taking the request: see the module docstring
+        _, raw = _receive(data)
         if prctl is not None:
             prctl(isolation._PR_SET_NAME, isolation.CALL_NAME)
         request = json.loads(raw)
-        _forward_output(data, request["log_level"])
+        root = logging.getLogger()
+        if root.level != request["log_level"]:  # setLevel clears every logger's cache
+            root.setLevel(request["log_level"])
         kind, payload = isolation._run(
             lambda: _call(app, request),
             lambda value: pydantic_core.to_json(encoding.encode(value, pickles=True)),
-            isolate_stores,
+            None,
         )
         isolation._sweep()
         isolation._flush_std()
@@ -390,11 +415,9 @@ class _OutputStream(io.TextIOBase):
         return len(text)
 
 
-def _forward_output(data: socket.socket, level: int) -> None:
+def _forward_output(data: socket.socket) -> None:
     output = _Output(data)
-    root = logging.getLogger()
-    root.handlers = [_OutputHandler(output)]
-    root.setLevel(level)
+    logging.getLogger().handlers = [_OutputHandler(output)]
     sys.stdout = _OutputStream(output, "out")
     sys.stderr = _OutputStream(output, "err")
 
@@ -409,13 +432,6 @@ def _call(app: Any, request: dict[str, Any]) -> Any:
         )
     kwargs = encoding.decode(pydantic_core.from_json(request["kwargs"]), pickles=True)
     return info.func(**kwargs)
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 1 << 20):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def main() -> None:

@@ -1,0 +1,147 @@
+"""The fork server a worker's pool process runs isolated bodies in (`graftq.tasks.zygote`).
+
+Every worker test goes through it too; these pin its own promises: results and the
+call's own exceptions come back, a crash or a time limit is reported and the zygote
+serves on, a request whose child died unread never reaches the next child, what the
+body logs reaches the caller, and a dead zygote is replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydantic_core
+import pytest
+
+from graftq import IsolationError, TimeLimitExceeded
+from graftq.tasks import encoding
+from graftq.tasks.zygote import Zygote
+from graftq.worker.pool import APP_VARIABLE, ForkServer
+from tests.apps.school import app as school
+from tests.processes import children_of, lives, read_proc, running_calls, wait_until
+
+APP = "tests.apps.school:app"
+
+
+@pytest.fixture
+def zygote(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Zygote]:
+    monkeypatch.setenv("GRAFTQ_REDIS_URL", redis_url)
+    server = Zygote(APP)
+    yield server
+    server.close()
+
+
+def call(zygote: Zygote, name: str, time_limit: float | None = None, **kwargs: Any) -> Any:
+    request = {
+        "name": name,
+        "version": school.callables[name].version,
+        "kwargs": pydantic_core.to_json(encoding.encode(kwargs, pickles=True)).decode(),
+    }
+
+    def decode(payload: bytes) -> Any:
+        return encoding.decode(pydantic_core.from_json(payload), pickles=True)
+
+    return zygote.run(name, request, decode=decode, time_limit=time_limit)
+
+
+def test_a_result_and_the_calls_own_exception_come_back(zygote: Zygote) -> None:
+    assert call(zygote, "bonus", student_age=3, bonus_amount=2.0) == 6.0
+    with pytest.raises(ValueError, match="boom"):
+        call(zygote, "fail", message="boom")
+    assert call(zygote, "bonus", student_age=4, bonus_amount=2.0) == 8.0
+
+
+@pytest.mark.parametrize("how", ["exit", "segv", "kill"])
+def test_a_crash_is_an_isolation_error_and_the_zygote_serves_on(zygote: Zygote, how: str) -> None:
+    with pytest.raises(IsolationError, match="before sending a result"):
+        call(zygote, "crash", how=how)
+    assert call(zygote, "bonus", student_age=1, bonus_amount=1.0) == 1.0
+
+
+def test_a_time_limit_kills_the_child_and_the_zygote_serves_on(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "hang.pid"
+
+    with pytest.raises(TimeLimitExceeded):
+        call(zygote, "hang", time_limit=0.5, pid_file=str(pid_file))
+
+    body = read_proc(pid_file)
+    wait_until(lambda: not lives(body), 30, f"the timed-out body {body} is gone")
+    assert call(zygote, "bonus", student_age=2, bonus_amount=1.0) == 2.0
+
+
+def test_an_interrupted_caller_leaves_no_running_body(zygote: Zygote, tmp_path: Path) -> None:
+    """A soft time limit (an exception while waiting) kills the body before it propagates."""
+    pid_file, gate = tmp_path / "held.pid", tmp_path / "gate"
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 1.0)
+        with pytest.raises(KeyboardInterrupt):
+            call(zygote, "held", gate=str(gate), pid_file=str(pid_file))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    body = read_proc(pid_file)
+    wait_until(lambda: not lives(body), 30, f"the interrupted body {body} is gone")
+    assert running_calls(zygote.pid) == []
+    assert call(zygote, "bonus", student_age=5, bonus_amount=1.0) == 5.0
+
+
+def test_what_the_body_logs_and_prints_reaches_the_caller(
+    zygote: Zygote, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with caplog.at_level(logging.INFO):
+        assert call(zygote, "chatty", message="hello-zygote") == len("hello-zygote")
+
+    assert any("chatty says hello-zygote" in r.getMessage() for r in caplog.records)
+    assert "chatty prints hello-zygote" in capsys.readouterr().out
+
+
+def test_a_spare_child_that_died_idle_takes_no_call_with_it(zygote: Zygote) -> None:
+    assert call(zygote, "bonus", student_age=1, bonus_amount=1.0) == 1.0
+    spare = children_of(zygote.pid)
+    assert len(spare) == 1
+    os.kill(spare[0], signal.SIGKILL)
+
+    assert call(zygote, "bonus", student_age=7, bonus_amount=1.0) == 7.0
+    assert call(zygote, "bonus", student_age=8, bonus_amount=1.0) == 8.0
+
+
+def test_a_dead_zygote_is_replaced(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRAFTQ_REDIS_URL", redis_url)
+    monkeypatch.setenv(APP_VARIABLE, APP)
+    server = ForkServer(school)
+    server.start()
+    try:
+        first = server.get()
+        assert first is not None and call(first, "bonus", student_age=1, bonus_amount=3.0) == 3.0
+        os.kill(first.pid, signal.SIGKILL)
+        wait_until(lambda: not first.alive(), 30, "the killed zygote is gone")
+
+        second = server.get()
+
+        assert second is not None and second.pid != first.pid
+        assert call(second, "bonus", student_age=2, bonus_amount=3.0) == 6.0
+    finally:
+        server.stop()
+
+
+def test_no_zygote_for_another_app_or_when_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(APP_VARIABLE, "tests.apps.faithful:app")
+    server = ForkServer(school)
+    server.start()
+    assert server.get() is None  # GRAFTQ_APP names another App
+    monkeypatch.setenv(APP_VARIABLE, APP)
+    monkeypatch.setenv("GRAFTQ_ZYGOTE", "off")
+    server.start()
+    assert server.get() is None
