@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     rerun_timeout               GRAFTQ_RERUN_TIMEOUT          60 (seconds of re-runs on head moves)
     commit_retries              GRAFTQ_COMMIT_RETRIES         16 (WatchError retries)
     result_expires              GRAFTQ_RESULT_EXPIRES         86400 (seconds)
+    zygote                      GRAFTQ_ZYGOTE                 true (a fork server per pool process)
     =========================== ============================= ==========================
 
     `connect_timeout` is the longest `submit`, `execute`, `Job.get` and the CLI wait
@@ -87,6 +88,7 @@ class Settings(BaseSettings):
     rerun_timeout: Annotated[float, Field(ge=0)] = 60.0  # 0: no re-runs
     commit_retries: Annotated[int, Field(gt=0)] = 16
     result_expires: Seconds = 86400
+    zygote: bool = True  # isolated bodies on a worker fork from a lean fork server
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

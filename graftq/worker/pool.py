@@ -2,8 +2,9 @@
 
 `graftq worker --app MODULE:ATTR` names the App in ``GRAFTQ_APP``; every pool process
 then starts a zygote on that path (`graftq.tasks.zygote`), so isolated bodies fork
-from a lean process instead of the pool process. ``GRAFTQ_ZYGOTE=off`` turns it off
-(bodies then fork from the pool process, as `app.execute` does).
+from a lean process instead of the pool process. ``GRAFTQ_ZYGOTE=false`` (the App's
+`zygote` setting) turns it off: bodies then fork from the pool process, as
+`app.execute` does; so does a worker started otherwise (e.g. ``celery worker``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import Any
 from graftq.tasks.zygote import Zygote
 
 APP_VARIABLE = "GRAFTQ_APP"
-SWITCH_VARIABLE = "GRAFTQ_ZYGOTE"
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class ForkServer:
 def _app_path(app: Any) -> str | None:
     """GRAFTQ_APP, if it names exactly `app` (already imported by the worker)."""
     path = os.environ.get(APP_VARIABLE)
-    if not path or os.environ.get(SWITCH_VARIABLE, "on").lower() in ("off", "0", "false"):
+    if not path or not app.settings.zygote:
         return None
     module_name, _, attr = path.partition(":")
     module = sys.modules.get(module_name)

@@ -166,5 +166,10 @@ def test_the_configuration_page_names_every_setting_with_its_default() -> None:
         assert rows, f"docs/configuration.md has no table row for {variable}"
         default = field.default
         if default is not None:
-            shown = f"{default:g}" if isinstance(default, float) else str(default)
+            if isinstance(default, bool):
+                shown = str(default).lower()  # as an environment variable writes it
+            elif isinstance(default, float):
+                shown = f"{default:g}"
+            else:
+                shown = str(default)
             assert f"`{shown}`" in rows[0], f"{variable}: default {shown} not in {rows[0]}"

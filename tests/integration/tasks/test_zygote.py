@@ -23,6 +23,7 @@ from graftq.tasks import encoding
 from graftq.tasks.zygote import Zygote
 from graftq.worker.pool import APP_VARIABLE, ForkServer
 from tests.apps.school import app as school
+from tests.apps.school import make_app
 from tests.processes import children_of, lives, read_proc, running_calls, wait_until
 
 APP = "tests.apps.school:app"
@@ -141,6 +142,7 @@ def test_no_zygote_for_another_app_or_when_switched_off(monkeypatch: pytest.Monk
     server.start()
     assert server.get() is None  # GRAFTQ_APP names another App
     monkeypatch.setenv(APP_VARIABLE, APP)
-    monkeypatch.setenv("GRAFTQ_ZYGOTE", "off")
+    monkeypatch.setenv("GRAFTQ_ZYGOTE", "false")
+    server = ForkServer(make_app())
     server.start()
     assert server.get() is None
