@@ -74,10 +74,10 @@ class App:
         from graftq.worker.task import bind, bind_published
 
         celery = make_celery(self.name, self.settings)
-        bind_published(celery, self._run_published)
+        bind_published(celery, self._run_published, self._job_failed)
         for info in self.callables.values():
             if not info.published:
-                bind(celery, info, self._run_job)
+                bind(celery, info, self._run_job, self._job_failed)
         # Each worker pool process makes its own Redis connections (never inherited)
         # and its own fork server.
         self._fork_server = ForkServer(self)
@@ -242,13 +242,20 @@ class App:
         if self._celery is not None:
             from graftq.worker.task import bind
 
-            bind(self._celery, info, self._run_job)
+            bind(self._celery, info, self._run_job, self._job_failed)
 
     def _run_job(self, info: CallableInfo, request: Any, input_data: dict[str, Any]) -> Any:
         from graftq.worker.task import run_job
 
         zygote = None if self._fork_server is None else self._fork_server.get()
         return run_job(self.entities, info, self.settings, request, input_data, zygote=zygote)
+
+    def _job_failed(
+        self, task: Any, exc: BaseException, task_id: str, args: Any, kwargs: Any
+    ) -> None:
+        from graftq.worker.task import record_failed_job
+
+        record_failed_job(self.entities, task, exc, task_id, args, kwargs)
 
     def _run_published(self, request: Any, input_data: dict[str, Any], meta: dict[str, Any]) -> Any:
         info = self.functions.load(meta["name"], meta.get("version"))

@@ -181,6 +181,18 @@ class EntityRegistry:
             f"lineages {sorted(request.lineages)}"
         )
 
+    def record_failure(self, execution: Execution, *, replace: bool = False) -> None:
+        """Record a failed execution, unless one is recorded already.
+
+        With `replace`, an earlier FAILURE record gives way (never a SUCCESS one).
+        """
+        if replace:
+            self.commit([], execution=execution)  # refuses to write over a success
+        else:
+            self._client.set(
+                self.keys.execution(execution.id), execution.model_dump_json(), nx=True
+            )
+
     # -- reading ---------------------------------------------------------------
 
     def get(self, ecs_id: UUID | str) -> Entity:

@@ -104,7 +104,7 @@ def run_call(
                 continue
             run.failed(exc, attempt)
             raise
-        except BaseException as exc:
+        except Exception as exc:  # not SystemExit & co: an ending process has not failed a run
             run.failed(exc, attempt)
             raise
         assert committed.execution is not None

@@ -6,22 +6,27 @@ Celery task id is the execution id, which makes the commit idempotent per delive
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pydantic
 from celery.exceptions import SoftTimeLimitExceeded
 
 from graftq.errors import InvalidInput, TimeLimitExceeded
+from graftq.registry.execution import Execution, ExecutionStatus
 from graftq.registry.store import EntityRegistry
 from graftq.settings import Settings
 from graftq.tasks.callables import CallableInfo
-from graftq.tasks.runner import Call, run_call
+from graftq.tasks.runner import Call, local_worker, run_call
 from graftq.tasks.zygote import Zygote
 from graftq.worker import logs
 from graftq.worker.config import BACKSTOP
 from graftq.worker.guard import GUARDED_STRATEGY
-from graftq.worker.message import META, PUBLISHED_TASK, input_of, task_name
+from graftq.worker.message import META, PUBLISHED_TASK, TASK_PREFIX, input_of, task_name
+
+log = logging.getLogger(__name__)
 
 
 def run_job(
@@ -64,8 +69,63 @@ def _errors(exc: pydantic.ValidationError) -> Any:
     )
 
 
+def record_failed_job(
+    store: EntityRegistry,
+    task: Any,
+    exc: BaseException,
+    task_id: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> None:
+    """Celery's `on_failure` of a graftq task: a FAILURE Execution for a job that failed
+    before `run_call` recorded one (refused input or signature), or that Celery's hard
+    time limit killed (the worker's main process calls this then; that record wins over
+    whatever the killed process wrote). Best effort: never raises.
+    """
+    from celery.exceptions import TimeLimitExceeded as HardLimit
+
+    try:
+        meta = kwargs[META] if isinstance(kwargs.get(META), dict) else {}
+        name = str(meta.get("name") or task.name.removeprefix(TASK_PREFIX))
+        try:
+            given: Any = input_of(args, kwargs)
+        except InvalidInput:
+            given = {}
+        now = datetime.now(UTC)
+        failed = Execution(
+            id=task_id,
+            callable=name,
+            callable_version=str(meta.get("version") or getattr(task, "graftq_version", "?")),
+            inputs=given if isinstance(given, dict) else {},
+            status=ExecutionStatus.FAILURE,
+            started_at=now,
+            finished_at=now,
+            worker=str(task.request.hostname or local_worker()),
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        store.record_failure(failed, replace=isinstance(exc, HardLimit))
+    except Exception:
+        log.warning("no record of failed job %s", task_id, exc_info=True)
+
+
+Failed = Callable[[Any, BaseException, str, tuple[Any, ...], dict[str, Any]], None]
+
+
+def _on_failure(failed: Failed) -> Callable[..., None]:
+    """Celery's `Task.on_failure` hook, handing the task itself to `failed`."""
+
+    def on_failure(
+        self: Any, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        failed(self, exc, task_id, tuple(args or ()), dict(kwargs or {}))
+
+    return on_failure
+
+
 def bind_published(
-    celery: Any, job: Callable[[Any, dict[str, Any], dict[str, Any]], dict[str, Any]]
+    celery: Any,
+    job: Callable[[Any, dict[str, Any], dict[str, Any]], dict[str, Any]],
+    failed: Failed,
 ) -> Any:
     """The one task that runs published functions; name and version come in `_graftq`."""
 
@@ -76,6 +136,7 @@ def bind_published(
         return job(self.request, input_of(args, kwargs), meta)
 
     return celery.task(
+        on_failure=_on_failure(failed),
         name=PUBLISHED_TASK,
         bind=True,
         acks_late=True,
@@ -90,6 +151,7 @@ def bind(
     celery: Any,
     info: CallableInfo,
     job: Callable[[CallableInfo, Any, dict[str, Any]], dict[str, Any]],
+    failed: Failed,
 ) -> Any:
     """Make `info` a Celery task named ``graftq.<name>`` that calls `job`."""
 
@@ -100,6 +162,8 @@ def bind(
     task.__doc__ = (info.func.__doc__ or "").strip() or f"graftq callable {info.name}"
     limit = info.time_limit + BACKSTOP if info.time_limit else None
     return celery.task(
+        on_failure=_on_failure(failed),  # e.g. `record_failed_job`
+        graftq_version=info.version,
         name=task_name(info.name),
         bind=True,
         acks_late=True,

@@ -216,6 +216,8 @@ def test_bad_input_from_any_celery_client_fails_the_job(app: App) -> None:
 
     assert any(error["loc"] == ("student_age",) for error in caught.value.errors())
     assert job.status == "FAILURE"
+    run = failure_record(app, sent.id, "InvalidInput")  # refused before its body: recorded too
+    assert run.callable == "bonus" and run.inputs["student_age"] == "not a number"
 
 
 def test_entity_objects_given_by_value_are_stored_first(app: App) -> None:
@@ -259,11 +261,6 @@ def test_celery_soft_time_limit_leaves_a_failure_record(app: App, tmp_path: Path
     failure_record(app, job.id, "TimeLimitExceeded")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Celery's hard limit SIGTERMs the pool process and SIGKILLs it 0.1 s later: the "
-    "run records no FAILURE, or 'SystemExit: -241' if it was quick (reported to the lead)",
-)
 def test_celery_hard_time_limit_leaves_a_failure_record(app: App, tmp_path: Path) -> None:
     job = fail_by_celery_time_limit(app, tmp_path, "time_limit")
     failure_record(app, job.id, "TimeLimitExceeded")

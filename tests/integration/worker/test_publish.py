@@ -125,11 +125,6 @@ def test_published_function_is_refused_without_the_right_key(
         assert app.entities.version_ids(student.lineage_id) == [str(student.ecs_id)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a job refused before its body runs (bad signature, also invalid input on the "
-    "worker) leaves no FAILURE Execution; SPEC 5 promises one (reported to the lead)",
-)
 def test_a_refused_published_function_leaves_a_failure_record(
     redis_server: RedisServer,
     broker_url: str,
