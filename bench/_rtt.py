@@ -13,8 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from redis.connection import AbstractConnection
-
 ENV = "BENCH_RTT_DIR"
 _state: dict[str, int] = {"pid": -1, "count": 0}
 
@@ -26,6 +24,10 @@ def count() -> int:
 
 def install(directory: str | None) -> Callable[[], None]:
     """Start counting; returns a function that stops it."""
+    # Imported here: the bench app is also imported by each pool process's zygote,
+    # which a redis-py import would make heavier than a user's app module.
+    from redis.connection import AbstractConnection
+
     original: Callable[..., None] = AbstractConnection.send_packed_command
     _state.update(pid=os.getpid(), count=0)
 

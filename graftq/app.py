@@ -8,11 +8,10 @@ whose forks are cheaper the less it holds.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from graftq.errors import UnknownCallable
 from graftq.registry.store import EntityRegistry
@@ -145,7 +144,7 @@ class App:
 
     async def aexecute(self, name: str, input_data: Mapping[str, Any]) -> Any:
         """`execute` without blocking the event loop."""
-        return await asyncio.to_thread(self.execute, name, input_data)
+        return await _in_thread(self.execute, name, input_data)
 
     def submit(self, name: str, input_data: Mapping[str, Any], **celery_options: Any) -> Job:
         """Resolve references, validate, then enqueue; on any error nothing is enqueued.
@@ -165,7 +164,7 @@ class App:
 
     async def asubmit(self, name: str, input_data: Mapping[str, Any], **celery_options: Any) -> Job:
         """`submit` without blocking the event loop."""
-        return await asyncio.to_thread(self.submit, name, input_data, **celery_options)
+        return await _in_thread(self.submit, name, input_data, **celery_options)
 
     def submit_many(
         self, name: str, inputs: Sequence[Mapping[str, Any]], **celery_options: Any
@@ -188,7 +187,7 @@ class App:
         self, name: str, inputs: Sequence[Mapping[str, Any]], **celery_options: Any
     ) -> list[Job]:
         """`submit_many` without blocking the event loop."""
-        return await asyncio.to_thread(self.submit_many, name, inputs, **celery_options)
+        return await _in_thread(self.submit_many, name, inputs, **celery_options)
 
     def job(self, job_id: str, name: str) -> Job:
         """A handle on an earlier job of callable `name`."""
@@ -260,3 +259,14 @@ class App:
     def _run_published(self, request: Any, input_data: dict[str, Any], meta: dict[str, Any]) -> Any:
         info = self.functions.load(meta["name"], meta.get("version"))
         return self._run_job(info, request, input_data)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+async def _in_thread(func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+    """`asyncio.to_thread`; asyncio is imported here, by an async caller, not by `graftq`."""
+    import asyncio
+
+    return await asyncio.to_thread(func, *args, **kwargs)

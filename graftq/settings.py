@@ -1,19 +1,20 @@
 """The one settings object: frozen, typed, from arguments or `GRAFTQ_*` variables.
 
-pydantic-settings reads and converts the variables; every value is validated, and a
-bad one is an `InvalidSetting` naming the variable (or the `App(...)` argument) it
-came from, with what was wrong. An empty variable counts as unset.
+`from_env` reads the variables and pydantic validates and converts them (a plain model,
+not pydantic-settings, whose imports — asyncio, argparse, dotenv — every worker's fork
+server would carry); a bad value is an `InvalidSetting` naming the variable (or the
+`App(...)` argument) it came from, with what was wrong. An empty variable counts as unset.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import pydantic
-from pydantic import AfterValidator, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from graftq.errors import InvalidSetting
 
@@ -50,7 +51,7 @@ def _prefix(value: str) -> str:
 Seconds = Annotated[int, Field(gt=0)]
 
 
-class Settings(BaseSettings):
+class Settings(BaseModel):
     """Everything an App is configured with (`graftq flower` reads GRAFTQ_FLOWER_BASIC_AUTH).
 
     =========================== ============================= ==========================
@@ -74,9 +75,7 @@ class Settings(BaseSettings):
     naming the URL (see `graftq.worker.connections`).
     """
 
-    model_config = SettingsConfigDict(
-        env_prefix="GRAFTQ_", frozen=True, env_ignore_empty=True, extra="forbid"
-    )
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     redis_url: Annotated[str, AfterValidator(_redis_url)] = DEFAULT_REDIS_URL
     broker_url: Annotated[str | None, AfterValidator(_any_url)] = None
@@ -94,6 +93,7 @@ class Settings(BaseSettings):
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings from `GRAFTQ_*` variables (of `env`, else the process environment);
         keyword arguments that are not None win."""
+        env = os.environ if env is None else env
         given = {key: value for key, value in overrides.items() if value is not None}
         unknown = set(given) - set(cls.model_fields)
         if unknown:
@@ -101,13 +101,9 @@ class Settings(BaseSettings):
                 f"unknown settings: {', '.join(sorted(unknown))}; "
                 f"known: {', '.join(cls.model_fields)}"
             )
+        variables = {name: env.get(f"GRAFTQ_{name.upper()}") for name in cls.model_fields}
+        values = {name: value for name, value in variables.items() if value}  # "" is unset
         try:
-            if env is None:
-                return cls(**given)
-            # Every field given, so pydantic-settings reads no process variable.
-            values = {name: field.get_default() for name, field in cls.model_fields.items()}
-            for name in cls.model_fields:
-                values[name] = env.get(f"GRAFTQ_{name.upper()}") or values[name]
             return cls(**{**values, **given})
         except pydantic.ValidationError as exc:
             raise InvalidSetting(_explain(exc, given)) from None

@@ -128,8 +128,8 @@ class _Reads:
         found += [self.execution_key] if self.execution_key else []
         return [*found, keys.prune]  # a prune that starts or ends now re-runs this attempt
 
-    def read(self, keys: Keys) -> list[str]:
-        return [*self.watched(keys), *(keys.version(i) for i in self.ids)]
+    def read(self, keys: Keys, watched: list[str]) -> list[str]:
+        return [*watched, *(keys.version(i) for i in self.ids)]
 
 
 @dataclass(frozen=True)
@@ -161,8 +161,9 @@ def attempt(client: Any, keys: Keys, request: Request) -> Outcome | Retry:
     reads = _Reads.of(keys, request)
     with client.pipeline(transaction=True) as pipe:
         try:
-            pipe.watch(*reads.watched(keys))
-            state = _State.parse(reads, cast(list[Any], pipe.mget(reads.read(keys))))
+            watched = reads.watched(keys)
+            pipe.watch(*watched)
+            state = _State.parse(reads, cast(list[Any], pipe.mget(reads.read(keys, watched))))
             if (done := _success(state.execution)) is not None:
                 return Outcome(Plan(), execution=done, branched=done.branched, replayed=True)
             plan = diff.plan(

@@ -144,7 +144,9 @@ def build(
     A stored document that does not validate is a `CorruptVersion`; one of the
     `fresh` documents a commit is about to write raises pydantic's `ValidationError`.
     """
-    return _assemble(ecs_id, docs, lambda doc, data: _validated(doc, data, doc["ecs_id"] in fresh))
+    return _assemble(
+        ecs_id, docs, lambda doc, data: _validated(doc, data, doc["ecs_id"] in fresh), fresh
+    )
 
 
 def as_data(ecs_id: str, docs: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
@@ -153,16 +155,21 @@ def as_data(ecs_id: str, docs: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def _assemble(
-    ecs_id: str, docs: Mapping[str, dict[str, Any]], make: Callable[[dict[str, Any], Any], T]
+    ecs_id: str,
+    docs: Mapping[str, dict[str, Any]],
+    make: Callable[[dict[str, Any], Any], T],
+    fresh: AbstractSet[str] = frozenset(),
 ) -> T:
     doc = docs.get(ecs_id)
     if doc is None:
         raise CorruptVersion(f"stored version {ecs_id} is missing from the store")
-    # A private deep copy: the doc may be built again (one copy per use).
-    data = pydantic_core.from_json(pydantic_core.to_json(doc["data"]))
+    if ecs_id in fresh and not doc["kids"]:  # just made by the commit, built once: no copy
+        data = dict(doc["data"])
+    else:  # a private deep copy: the doc may be built again (one copy per use)
+        data = pydantic_core.from_json(pydantic_core.to_json(doc["data"]))
     try:
         for path, kid in doc["kids"]:
-            _place(data, path, _assemble(kid, docs, make))
+            _place(data, path, _assemble(kid, docs, make, fresh))
     except (LookupError, TypeError) as exc:
         raise CorruptVersion(
             f"stored version {ecs_id}: a sub-entity path is wrong: {exc}"

@@ -39,6 +39,7 @@ from functools import cache
 from typing import Any
 
 import cloudpickle
+import pydantic_core
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
@@ -69,6 +70,16 @@ EntityHook = Callable[[Entity], Any]
 
 class EncodingError(GraftError, TypeError):
     """A value cannot be carried as typed JSON."""
+
+
+def dumps(value: Any, *, pickles: bool = False) -> bytes:
+    """`encode` as JSON bytes."""
+    return pydantic_core.to_json(encode(value, pickles=pickles))
+
+
+def loads(raw: bytes | str, *, pickles: bool = False) -> Any:
+    """`decode` of JSON bytes."""
+    return decode(pydantic_core.from_json(raw), pickles=pickles)
 
 
 def encode(value: Any, *, entity: EntityHook | None = None, pickles: bool = False) -> Any:

@@ -22,7 +22,6 @@ handlers, so any thread may call.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import functools
@@ -379,6 +378,8 @@ def _run(
 
 
 def _await_fresh(awaitable: Awaitable[Any]) -> Any:
+    import asyncio  # here, not at the top: only async callables need it
+
     # asyncio already ignores a loop recorded under another pid; clear it anyway, since
     # other loop implementations may keep running-loop state that survives the fork.
     asyncio.events._set_running_loop(None)

@@ -5,12 +5,10 @@ This is all of `app.execute`; the Celery task calls the same `run_call`.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import itertools
 import logging
 import os
-import random
 import socket
 import threading
 import time
@@ -21,7 +19,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pydantic
-import pydantic_core
 
 from graftq.errors import GraftError, ReturnTypeError, VersionConflict
 from graftq.registry.execution import Execution, ExecutionStatus
@@ -173,6 +170,8 @@ def _backoff(attempt: int) -> float:
     """
     if attempt <= 1:
         return 0.0
+    import random  # here: an imported `random` reseeds in every fork (see `zygote`)
+
     return random.uniform(0, min(RERUN_BACKOFF_CAP, RERUN_BACKOFF_BASE * 2**attempt))
 
 
@@ -187,14 +186,7 @@ def execute_body(store: EntityRegistry, prepared: Prepared, zygote: Zygote | Non
     if info.isolation == "none":
         return _admitted(info, _call_inline(info, prepared.kwargs))
     if zygote is not None and not info.published:
-        request = {
-            "name": info.name,
-            "version": info.version,
-            "kwargs": pydantic_core.to_json(
-                encoding.encode(prepared.kwargs, pickles=True)
-            ).decode(),
-        }
-        value = zygote.run(info.name, request, decode=_decode, time_limit=info.time_limit)
+        value = zygote.run(info.name, info.version, prepared.kwargs, time_limit=info.time_limit)
         return _admitted(info, value)
 
     def body() -> Any:
@@ -203,23 +195,20 @@ def execute_body(store: EntityRegistry, prepared: Prepared, zygote: Zygote | Non
     body.__qualname__ = f"callable {info.name!r}"
     value = run_isolated(
         body,
-        encode=lambda value: pydantic_core.to_json(encoding.encode(value, pickles=True)),
-        decode=_decode,
+        encode=lambda value: encoding.dumps(value, pickles=True),
+        decode=lambda payload: encoding.loads(payload, pickles=True),  # our own child
         time_limit=info.time_limit,
         setup=isolate_stores,
     )
     return _admitted(info, value)
 
 
-def _decode(payload: bytes) -> Any:
-    """A value an isolated child sent (our own child: pickles allowed)."""
-    return encoding.decode(pydantic_core.from_json(payload), pickles=True)
-
-
 def _call_inline(info: CallableInfo, kwargs: dict[str, Any]) -> Any:
     value = info.func(**kwargs)
     if not inspect.isawaitable(value):
         return value
+    import asyncio
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:

@@ -33,17 +33,16 @@ import io
 import json
 import logging
 import os
+import pickle
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any, NoReturn
-
-import pydantic_core
 
 from graftq.errors import IsolationError, TimeLimitExceeded
 from graftq.registry.overlay import isolate_stores
@@ -51,6 +50,7 @@ from graftq.tasks import encoding, isolation
 
 _REQUEST, _STARTED, _KILL, _READY, _STATUS, _OUTPUT = b"Q", b"A", b"K", b"H", b"S", b"L"
 _Frame = tuple[bytes, bytes]
+_LENGTH = struct.Struct("!I")
 _START_TIMEOUT = 60.0  # seconds a zygote may take to import the App's module
 _HUGE_PAGES = {"PYTHONMALLOC": "malloc", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 
@@ -95,20 +95,18 @@ class Zygote:
             self._process.wait()
 
     def run(
-        self,
-        name: str,
-        request: dict[str, Any],
-        *,
-        decode: Callable[[bytes], Any],
-        time_limit: float | None = None,
+        self, name: str, version: str, kwargs: dict[str, Any], *, time_limit: float | None = None
     ) -> Any:
-        """Run one call; the decoded result, the call's own exception, or IsolationError."""
+        """Call the callable `name` (at `version`, as the zygote imported it) on `kwargs`.
+
+        The value it returned (as typed JSON: its own classes), the call's own exception,
+        `TimeLimitExceeded`, or `IsolationError` if the child died.
+        """
         if not self._ready:
             self._await_ready()
         if self._owed:
             self._status()
-        request = {**request, "log_level": logging.getLogger().getEffectiveLevel()}
-        _send(self._data, _REQUEST, json.dumps(request).encode())
+        _send(self._data, _REQUEST, _request(name, version, kwargs))
         deadline = None if time_limit is None else time.monotonic() + time_limit
         try:
             frame, status = self._collect(deadline)
@@ -124,7 +122,7 @@ class Zygote:
             raise IsolationError(f"{where} {_describe(status['status'])} before sending a result")
         kind, payload = frame
         if kind == isolation._RESULT:
-            return decode(payload)
+            return encoding.loads(payload, pickles=True)  # from our own child
         raise isolation._remote_error(payload, f"isolated call {name}") from None
 
     def _status(self) -> dict[str, Any]:
@@ -356,13 +354,13 @@ def _child(data: socket.socket, app: Any) -> NoReturn:
         _, raw = _receive(data)
         if prctl is not None:
             prctl(isolation._PR_SET_NAME, isolation.CALL_NAME)
-        request = json.loads(raw)
+        header, arguments = _parse(raw)
         root = logging.getLogger()
-        if root.level != request["log_level"]:  # setLevel clears every logger's cache
-            root.setLevel(request["log_level"])
+        if root.level != header["log_level"]:  # setLevel clears every logger's cache
+            root.setLevel(header["log_level"])
         kind, payload = isolation._run(
-            lambda: _call(app, request),
-            lambda value: pydantic_core.to_json(encoding.encode(value, pickles=True)),
+            lambda: _call(app, header, arguments),
+            lambda value: encoding.dumps(value, pickles=True),
             None,
         )
         isolation._sweep()
@@ -422,15 +420,36 @@ def _forward_output(data: socket.socket) -> None:
     sys.stderr = _OutputStream(output, "err")
 
 
-def _call(app: Any, request: dict[str, Any]) -> Any:
+def _request(name: str, version: str, kwargs: dict[str, Any]) -> bytes:
+    """A request: a JSON header, then the arguments, pickled (the fastest to load; P is the
+    zygote's own parent) unless they hold something pickle cannot name, then typed JSON."""
+    try:
+        arguments, form = pickle.dumps(kwargs, protocol=pickle.HIGHEST_PROTOCOL), "pickle"
+    except Exception:  # e.g. an instance of a class made in a function
+        arguments, form = encoding.dumps(kwargs, pickles=True), "json"
+    level = logging.getLogger().getEffectiveLevel()
+    header = json.dumps({"name": name, "version": version, "form": form, "log_level": level})
+    return _LENGTH.pack(len(header)) + header.encode() + arguments
+
+
+def _parse(raw: bytes) -> tuple[dict[str, Any], bytes]:
+    (size,) = _LENGTH.unpack_from(raw)
+    start = _LENGTH.size
+    return json.loads(raw[start : start + size]), raw[start + size :]
+
+
+def _call(app: Any, header: dict[str, Any], arguments: bytes) -> Any:
     """Run the request's callable, as registered in the App this zygote imported."""
-    info = app.callables[request["name"]]
-    if info.version != request["version"]:
+    info = app.callables[header["name"]]
+    if info.version != header["version"]:
         raise IsolationError(
             f"callable {info.name!r} in the zygote is version {info.version}, the worker's is "
-            f"{request['version']}: the code changed under a running worker; restart it"
+            f"{header['version']}: the code changed under a running worker; restart it"
         )
-    kwargs = encoding.decode(pydantic_core.from_json(request["kwargs"]), pickles=True)
+    if header["form"] == "pickle":
+        kwargs = pickle.loads(arguments)
+    else:
+        kwargs = encoding.loads(arguments, pickles=True)
     return info.func(**kwargs)
 
 

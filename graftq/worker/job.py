@@ -6,7 +6,6 @@ Celery is imported where it is used (a Job exists only once Celery runs), so tha
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from enum import StrEnum
@@ -110,6 +109,8 @@ class Job:
 
     async def aget(self, timeout: float | None = None, poll: float = 0.05) -> Any:
         """`get` without blocking the event loop (polls the result backend)."""
+        import asyncio  # here, not at the top: `import graftq` stays light
+
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         delay = 0.005

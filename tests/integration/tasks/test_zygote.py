@@ -15,15 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pydantic_core
 import pytest
 
 from graftq import IsolationError, TimeLimitExceeded
-from graftq.tasks import encoding
 from graftq.tasks.zygote import Zygote
 from graftq.worker.pool import APP_VARIABLE, ForkServer
+from tests.apps.school import Student, make_app
 from tests.apps.school import app as school
-from tests.apps.school import make_app
 from tests.processes import children_of, lives, read_proc, running_calls, wait_until
 
 APP = "tests.apps.school:app"
@@ -38,20 +36,14 @@ def zygote(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Zygote]:
 
 
 def call(zygote: Zygote, name: str, time_limit: float | None = None, **kwargs: Any) -> Any:
-    request = {
-        "name": name,
-        "version": school.callables[name].version,
-        "kwargs": pydantic_core.to_json(encoding.encode(kwargs, pickles=True)).decode(),
-    }
-
-    def decode(payload: bytes) -> Any:
-        return encoding.decode(pydantic_core.from_json(payload), pickles=True)
-
-    return zygote.run(name, request, decode=decode, time_limit=time_limit)
+    version = school.callables[name].version
+    return zygote.run(name, version, kwargs, time_limit=time_limit)
 
 
 def test_a_result_and_the_calls_own_exception_come_back(zygote: Zygote) -> None:
     assert call(zygote, "bonus", student_age=3, bonus_amount=2.0) == 6.0
+    older = call(zygote, "birthday", student=Student(name="Al", age=3))  # pickled arguments
+    assert type(older) is Student and older.age == 4
     with pytest.raises(ValueError, match="boom"):
         call(zygote, "fail", message="boom")
     assert call(zygote, "bonus", student_age=4, bonus_amount=2.0) == 8.0
