@@ -6,10 +6,12 @@ not edited; these wrappers are the bench's own):
 
 * Celery: the ``task_prerun`` / ``task_postrun`` signals and ``Backend.store_result``
   (the STARTED write before the task, the SUCCESS write after it);
-* graftq, when ``graftq=True``: ``graftq.app.run_job`` (the task body), and in
+* graftq, when ``graftq=True``: ``graftq.worker.task.run_job`` (the task body), and in
   ``graftq.tasks.runner`` the names ``prepare``, ``execute_body`` and ``run_isolated``
   (with the body, setup, encode and decode it is given), ``EntityRegistry.commit``,
-  and ``os.waitpid`` (as ``os.wait4``, for the forked child's CPU time and page faults).
+  and ``os.waitpid`` (as ``os.wait4``, for the forked child's CPU time and page faults);
+  with a zygote (the default on a worker), ``graftq.tasks.zygote``'s ``_request`` and
+  ``Zygote._collect`` (the child runs in another process: only its span is seen).
 
 A pool child stamps ``time.time()`` (one clock for every process on the host) for the
 job it runs; a forked body child writes its stamps into an anonymous shared mapping
@@ -166,14 +168,17 @@ def _install_fork() -> None:
 
 
 def _install_graftq() -> None:
-    import graftq.app
     import graftq.tasks.isolation as isolation
     import graftq.tasks.runner as runner
+    import graftq.tasks.zygote as zygote
+    import graftq.worker.task as task
     from graftq.registry.store import EntityRegistry
 
     _install_fork()
     _wrap(isolation, "_collect", "collect_start", "frame_read")
-    _wrap(graftq.app, "run_job", "job_start", "job_end")
+    _wrap(zygote, "_request", "request_start", "request_end")
+    _wrap(zygote.Zygote, "_collect", "collect_start", "frame_read")
+    _wrap(task, "run_job", "job_start", "job_end")
     _wrap(runner, "prepare", "prepare_start", "prepare_end")
     _wrap(runner, "execute_body", "exec_start", "exec_end")
     _wrap(EntityRegistry, "commit", "commit_start", "commit_end")
@@ -273,6 +278,22 @@ CHAINS: dict[str, list[tuple[str, str, str, str]]] = {
         ("commit", "WATCH/MGET/MULTI…EXEC", "commit_start", "commit_end"),
         *_STORE,
     ],
+    "fork-zygote": [
+        *_BROKER,
+        *_INPUT,
+        ("fork/hand-off", "memo check", "prepare_end", "exec_start"),
+        ("fork/hand-off", "request: the arguments pickled", "exec_start", "request_end"),
+        (
+            "run",
+            "child forked ahead reads, runs, encodes, answers",
+            "request_end",
+            "frame_read",
+        ),
+        ("result transfer", "decode, return check", "frame_read", "exec_end"),
+        ("commit", "Execution record", "exec_end", "commit_start"),
+        ("commit", "WATCH/MGET/MULTI…EXEC", "commit_start", "commit_end"),
+        *_STORE,
+    ],
     "none": [
         *_BROKER,
         *_INPUT,
@@ -320,6 +341,8 @@ def phases(chain: str, jobs: list[dict[str, float]]) -> list[Row]:
     time has a long tail), but are steadier from run to run.
     """
     rows = []
+    if chain == "fork" and jobs and "request_end" in jobs[0]:
+        chain = "fork-zygote"  # the worker's bodies ran in its fork server
     for phase, step, start, end in CHAINS[chain]:
         values = [(job[end] - job[start]) * 1e3 for job in jobs if start in job and end in job]
         rows.append(_row(phase, step, values))
