@@ -10,7 +10,7 @@ not edited; these wrappers are the bench's own):
   ``graftq.tasks.runner`` the names ``prepare``, ``execute_body`` and ``run_isolated``
   (with the body, setup, encode and decode it is given), ``EntityRegistry.commit``,
   and ``os.waitpid`` (as ``os.wait4``, for the forked child's CPU time and page faults);
-  with a zygote (the default on a worker), ``graftq.tasks.zygote``'s ``_request`` and
+  with a zygote (the default on a worker), ``graftq.tasks.isolation.zygote``'s ``_request`` and
   ``Zygote._collect`` (the child runs in another process: only its span is seen).
 
 A pool child stamps ``time.time()`` (one clock for every process on the host) for the
@@ -168,14 +168,14 @@ def _install_fork() -> None:
 
 
 def _install_graftq() -> None:
-    import graftq.tasks.isolation as isolation
+    import graftq.tasks.isolation.fork as fork
+    import graftq.tasks.isolation.zygote as zygote
     import graftq.tasks.runner as runner
-    import graftq.tasks.zygote as zygote
     import graftq.worker.task as task
     from graftq.registry.store import EntityRegistry
 
     _install_fork()
-    _wrap(isolation, "_collect", "collect_start", "frame_read")
+    _wrap(fork, "_collect", "collect_start", "frame_read")
     _wrap(zygote, "_request", "request_start", "request_end")
     _wrap(zygote.Zygote, "_collect", "collect_start", "frame_read")
     _wrap(task, "run_job", "job_start", "job_end")

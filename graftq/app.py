@@ -2,7 +2,7 @@
 
 Celery, kombu and redis-py are imported when first used, not by `import graftq`:
 the module that defines an App and its entities must import light, because each
-worker pool process imports it again in its fork server (`graftq.tasks.zygote`),
+worker pool process imports it again in its fork server (`graftq.tasks.isolation.zygote`),
 whose forks are cheaper the less it holds.
 """
 
@@ -249,12 +249,10 @@ class App:
         zygote = None if self._fork_server is None else self._fork_server.get()
         return run_job(self.entities, info, self.settings, request, input_data, zygote=zygote)
 
-    def _job_failed(
-        self, task: Any, exc: BaseException, task_id: str, args: Any, kwargs: Any
-    ) -> None:
+    def _job_failed(self, task: Any, exc: BaseException, job: Any, replace: bool) -> None:
         from graftq.worker.task import record_failed_job
 
-        record_failed_job(self.entities, task, exc, task_id, args, kwargs)
+        record_failed_job(self.entities, task, exc, job, replace=replace)
 
     def _run_published(self, request: Any, input_data: dict[str, Any], meta: dict[str, Any]) -> Any:
         info = self.functions.load(meta["name"], meta.get("version"))

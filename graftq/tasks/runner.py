@@ -27,8 +27,7 @@ from graftq.registry.store import EntityRegistry
 from graftq.tasks import encoding, results
 from graftq.tasks.callables import CallableInfo
 from graftq.tasks.inputs import Done, Prepared, input_digest, prepare
-from graftq.tasks.isolation import run_isolated
-from graftq.tasks.zygote import Zygote
+from graftq.tasks.isolation import Zygote, run_isolated
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """What each worker pool process keeps for its jobs: the fork server of its App.
 
 `graftq worker --app MODULE:ATTR` names the App in ``GRAFTQ_APP``; every pool process
-then starts a zygote on that path (`graftq.tasks.zygote`), so isolated bodies fork
+then starts a zygote on that path (`graftq.tasks.isolation.zygote`), so isolated bodies fork
 from a lean process instead of the pool process. ``GRAFTQ_ZYGOTE=false`` (the App's
 `zygote` setting) turns it off: bodies then fork from the pool process, as
 `app.execute` does; so does a worker started otherwise (e.g. ``celery worker``).
@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from graftq.tasks.zygote import Zygote
+from graftq.tasks.isolation import Zygote
 
 APP_VARIABLE = "GRAFTQ_APP"
 

@@ -13,14 +13,15 @@ from typing import Any
 
 import pydantic
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.worker.request import Request
 
 from graftq.errors import InvalidInput, TimeLimitExceeded
 from graftq.registry.execution import Execution, ExecutionStatus
 from graftq.registry.store import EntityRegistry
 from graftq.settings import Settings
 from graftq.tasks.callables import CallableInfo
+from graftq.tasks.isolation import Zygote
 from graftq.tasks.runner import Call, local_worker, run_call
-from graftq.tasks.zygote import Zygote
 from graftq.worker import logs
 from graftq.worker.config import BACKSTOP
 from graftq.worker.guard import GUARDED_STRATEGY
@@ -69,21 +70,28 @@ def _errors(exc: pydantic.ValidationError) -> Any:
     )
 
 
+# The message of a job: (task id, worker node name, args, kwargs).
+Message = tuple[str, str, tuple[Any, ...], dict[str, Any]]
+# (task, exception, message, replace): `record_failed_job` on the App's store.
+Failed = Callable[[Any, BaseException, Message, bool], None]
+
+
 def record_failed_job(
     store: EntityRegistry,
     task: Any,
     exc: BaseException,
-    task_id: str,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+    job: Message,
+    *,
+    replace: bool = False,
 ) -> None:
-    """Celery's `on_failure` of a graftq task: a FAILURE Execution for a job that failed
-    before `run_call` recorded one (refused input or signature), or that Celery's hard
-    time limit killed (the worker's main process calls this then; that record wins over
-    whatever the killed process wrote). Best effort: never raises.
-    """
-    from celery.exceptions import TimeLimitExceeded as HardLimit
+    """A FAILURE Execution for a job that failed before `run_call` recorded one (refused
+    input or signature; the task records it before Celery stores the failure), or that
+    Celery's hard time limit killed (the worker's main process records it then, and that
+    record replaces whatever the killed process wrote). Best effort: never raises.
 
+    `job` is (task id, worker node name, args, kwargs) of the message.
+    """
+    task_id, worker, args, kwargs = job
     try:
         meta = kwargs[META] if isinstance(kwargs.get(META), dict) else {}
         name = str(meta.get("name") or task.name.removeprefix(TASK_PREFIX))
@@ -100,26 +108,44 @@ def record_failed_job(
             status=ExecutionStatus.FAILURE,
             started_at=now,
             finished_at=now,
-            worker=str(task.request.hostname or local_worker()),
+            worker=worker or local_worker(),
             error=f"{type(exc).__name__}: {exc}",
         )
-        store.record_failure(failed, replace=isinstance(exc, HardLimit))
+        store.record_failure(failed, replace=replace)
     except Exception:
         log.warning("no record of failed job %s", task_id, exc_info=True)
 
 
-Failed = Callable[[Any, BaseException, str, tuple[Any, ...], dict[str, Any]], None]
+class HardLimitRequest(Request):  # type: ignore[misc]  # Celery has no type hints
+    """Celery's request, recording a hard time limit's FAILURE before Celery reports it.
+
+    The worker's main process handles a hard limit (the pool process is killed); Celery
+    stores the failed result first and calls the task's hooks after, so a client could
+    see the failure before its Execution. Here the record comes first.
+    """
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        recorder = getattr(self.task, "graftq_failed", None)
+        if not soft and recorder is not None:
+            exc = TimeLimitExceeded(f"Celery's hard time limit ({timeout} s) killed the job")
+            job = (self.id, str(self.hostname or ""), tuple(self.args), dict(self.kwargs))
+            recorder(self.task, exc, job, True)
+        super().on_timeout(soft, timeout)
 
 
-def _on_failure(failed: Failed) -> Callable[..., None]:
-    """Celery's `Task.on_failure` hook, handing the task itself to `failed`."""
+def _recorded(failed: Failed, run: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """The task function `run`, recording a failure before Celery stores it."""
 
-    def on_failure(
-        self: Any, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
-    ) -> None:
-        failed(self, exc, task_id, tuple(args or ()), dict(kwargs or {}))
+    def task(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return run(self, *args, **kwargs)
+        except Exception as exc:
+            failed(
+                self, exc, (self.request.id, str(self.request.hostname or ""), args, kwargs), False
+            )
+            raise
 
-    return on_failure
+    return task
 
 
 def bind_published(
@@ -136,7 +162,6 @@ def bind_published(
         return job(self.request, input_of(args, kwargs), meta)
 
     return celery.task(
-        on_failure=_on_failure(failed),
         name=PUBLISHED_TASK,
         bind=True,
         acks_late=True,
@@ -144,7 +169,9 @@ def bind_published(
         typing=False,
         shared=False,  # the task belongs to this App's Celery only
         Strategy=GUARDED_STRATEGY,  # a message too deep for the pool fails its job, not the worker
-    )(published)
+        Request=HardLimitRequest,
+        graftq_failed=staticmethod(failed),
+    )(_recorded(failed, published))
 
 
 def bind(
@@ -155,15 +182,16 @@ def bind(
 ) -> Any:
     """Make `info` a Celery task named ``graftq.<name>`` that calls `job`."""
 
-    def task(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def run(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return job(info, self.request, input_of(args, kwargs, info.parameters()))
 
+    task = _recorded(failed, run)
     task.__name__ = task.__qualname__ = info.name
     task.__doc__ = (info.func.__doc__ or "").strip() or f"graftq callable {info.name}"
     limit = info.time_limit + BACKSTOP if info.time_limit else None
     return celery.task(
-        on_failure=_on_failure(failed),  # e.g. `record_failed_job`
         graftq_version=info.version,
+        graftq_failed=staticmethod(failed),
         name=task_name(info.name),
         bind=True,
         acks_late=True,
@@ -172,4 +200,5 @@ def bind(
         typing=False,
         shared=False,  # two Apps in one process must not share task names
         Strategy=GUARDED_STRATEGY,  # a message too deep for the pool fails its job, not the worker
+        Request=HardLimitRequest,
     )(task)

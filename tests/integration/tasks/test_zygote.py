@@ -1,4 +1,4 @@
-"""The fork server a worker's pool process runs isolated bodies in (`graftq.tasks.zygote`).
+"""The fork server a worker pool process runs isolated bodies in (`isolation.zygote`).
 
 Every worker test goes through it too; these pin its own promises: results and the
 call's own exceptions come back, a crash or a time limit is reported and the zygote
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from graftq import IsolationError, TimeLimitExceeded
-from graftq.tasks.zygote import Zygote
+from graftq.tasks.isolation.zygote import Zygote
 from graftq.worker.pool import APP_VARIABLE, ForkServer
 from tests.apps.school import Student, make_app
 from tests.apps.school import app as school

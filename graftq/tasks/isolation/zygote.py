@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import io
 import json
 import logging
 import os
@@ -40,16 +39,16 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from typing import Any, NoReturn
 
 from graftq.errors import IsolationError, TimeLimitExceeded
 from graftq.registry.overlay import isolate_stores
-from graftq.tasks import encoding, isolation
+from graftq.tasks import encoding
+from graftq.tasks.isolation import output, process
+from graftq.tasks.isolation.process import Frame, receive, send
 
-_REQUEST, _STARTED, _KILL, _READY, _STATUS, _OUTPUT = b"Q", b"A", b"K", b"H", b"S", b"L"
-_Frame = tuple[bytes, bytes]
+_REQUEST, _STARTED, _KILL, _READY, _STATUS = b"Q", b"A", b"K", b"H", b"S"
 _LENGTH = struct.Struct("!I")
 _START_TIMEOUT = 60.0  # seconds a zygote may take to import the App's module
 _HUGE_PAGES = {"PYTHONMALLOC": "malloc", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
@@ -64,7 +63,7 @@ class Zygote:
         data, self._data = socket.socketpair()
         env = {**os.environ, **(_HUGE_PAGES if huge_pages else {})}
         # -c, not -m: graftq imports this module, and runpy would warn about a second copy
-        entry = "from graftq.tasks.zygote import main; main()"
+        entry = "from graftq.tasks.isolation.zygote import main; main()"
         command = [sys.executable, "-c", entry, app_path, str(control.fileno()), str(data.fileno())]
         try:
             self._process = subprocess.Popen(
@@ -106,7 +105,7 @@ class Zygote:
             self._await_ready()
         if self._owed:
             self._status()
-        _send(self._data, _REQUEST, _request(name, version, kwargs))
+        send(self._data, _REQUEST, _request(name, version, kwargs))
         deadline = None if time_limit is None else time.monotonic() + time_limit
         try:
             frame, status = self._collect(deadline)
@@ -121,15 +120,15 @@ class Zygote:
                 )
             raise IsolationError(f"{where} {_describe(status['status'])} before sending a result")
         kind, payload = frame
-        if kind == isolation._RESULT:
+        if kind == process.RESULT:
             return encoding.loads(payload, pickles=True)  # from our own child
-        raise isolation._remote_error(payload, f"isolated call {name}") from None
+        raise process.remote_error(payload, f"isolated call {name}") from None
 
     def _status(self) -> dict[str, Any]:
         """The zygote's status of the child that ended; a silent zygote is stopped."""
         self._owed = False
         if _readable([self._control], _START_TIMEOUT):
-            kind, payload = _receive(self._control)
+            kind, payload = receive(self._control)
             if kind == _STATUS:
                 status: dict[str, Any] = json.loads(payload)
                 return status
@@ -140,13 +139,13 @@ class Zygote:
     def _abandon(self) -> None:
         """Kill the running child, wait until the zygote says it is gone, drop its output."""
         with contextlib.suppress(OSError, IsolationError):
-            _send(self._control, _KILL, b"")
+            send(self._control, _KILL, b"")
             self._status()
             _drain(self._data)
 
     def _await_ready(self) -> None:
         ready = _readable([self._control], _START_TIMEOUT)
-        kind = _receive(self._control)[0] if ready else None
+        kind = receive(self._control)[0] if ready else None
         if kind != _READY:
             code = self._process.poll()
             raise IsolationError(
@@ -155,7 +154,7 @@ class Zygote:
             )
         self._ready = True
 
-    def _collect(self, deadline: float | None) -> tuple[_Frame | None, dict[str, Any]]:
+    def _collect(self, deadline: float | None) -> tuple[Frame | None, dict[str, Any]]:
         """The child's frame, or none and the zygote's status of the child.
 
         With a frame, the child's status is left to be read before the next request
@@ -166,10 +165,10 @@ class Zygote:
             wait = None if deadline is None or killed else max(0.0, deadline - time.monotonic())
             readable = _readable([self._data, self._control], wait)
             if not readable:  # past the deadline: the zygote kills the child and says so
-                _send(self._control, _KILL, b"")
+                send(self._control, _KILL, b"")
                 killed = True
                 continue
-            if self._data in readable and (frame := _output_or(_receive(self._data))):
+            if self._data in readable and (frame := output.replay(receive(self._data))):
                 if frame[0] == _STARTED:
                     started = True
                     continue
@@ -182,21 +181,6 @@ class Zygote:
                 frame = _drain(self._data)  # the child may have written just before it ended
                 status["killed"] = killed and frame is None
                 return frame, status
-
-
-def _output_or(frame: tuple[bytes, bytes]) -> tuple[bytes, bytes] | None:
-    """The frame, unless it is the body's output: that is logged here (None)."""
-    kind, payload = frame
-    if kind != _OUTPUT:
-        return frame
-    line = json.loads(payload)
-    if line["stream"] == "log":
-        logging.getLogger(line["name"]).log(line["level"], "%s", line["text"])
-    else:  # printed: to this process's own stream (a worker logs it, tagged)
-        stream = sys.stdout if line["stream"] == "out" else sys.stderr
-        stream.write(line["text"])
-        stream.flush()
-    return None
 
 
 def _readable(sources: list[Any], timeout: float | None) -> list[Any]:
@@ -220,31 +204,6 @@ def _describe(status: int) -> str:
     return f"exited with status {os.WEXITSTATUS(status)}"
 
 
-# --- frames ---------------------------------------------------------------------------
-
-
-def _send(sock: socket.socket, kind: bytes, payload: bytes) -> None:
-    sock.sendall(isolation._HEADER.pack(kind, len(payload)) + payload)
-
-
-def _receive(sock: socket.socket) -> tuple[bytes, bytes]:
-    """One frame; a closed socket → IsolationError."""
-    header = _exactly(sock, isolation._HEADER.size)
-    kind, size = isolation._HEADER.unpack(header)
-    return kind, _exactly(sock, size)
-
-
-def _exactly(sock: socket.socket, size: int) -> bytes:
-    chunks, left = [], size
-    while left:
-        chunk = sock.recv(min(left, 1 << 20))
-        if not chunk:
-            raise IsolationError("the zygote's channel closed in the middle of a frame")
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
 def _drain(sock: socket.socket) -> tuple[bytes, bytes] | None:
     """A complete frame already waiting on `sock`, else None; leftovers are dropped."""
     buffer = bytearray()
@@ -256,35 +215,32 @@ def _drain(sock: socket.socket) -> tuple[bytes, bytes] | None:
         pass
     finally:
         sock.setblocking(True)
-    while isolation._complete(buffer):
-        kind, size = isolation._HEADER.unpack_from(buffer)
-        start = isolation._HEADER.size
-        frame = _output_or((kind, bytes(buffer[start : start + size])))
+    while process.complete(buffer):
+        kind, size = process.HEADER.unpack_from(buffer)
+        start = process.HEADER.size
+        frame = output.replay((kind, bytes(buffer[start : start + size])))
         if frame is not None:
             return frame
         del buffer[: start + size]
     return None
 
 
-# --- the zygote process ----------------------------------------------------------------
-
-
 def _serve(app_path: str, control: socket.socket, data: socket.socket) -> None:
     """Import the App's module, then fork one child per call, each ahead of demand."""
-    prctl = isolation._prctl()
+    prctl = process.libc_prctl()
     if prctl is not None:
-        prctl(isolation._PR_SET_PDEATHSIG, int(signal.SIGKILL))
-        prctl(isolation._PR_SET_CHILD_SUBREAPER, 1)
-        prctl(isolation._PR_SET_NAME, b"graftq-zygote")
+        prctl(process.PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        prctl(process.PR_SET_CHILD_SUBREAPER, 1)
+        prctl(process.PR_SET_NAME, b"graftq-zygote")
     module_name, _, attr = app_path.partition(":")
     app = getattr(importlib.import_module(module_name), attr)
     # What every child needs is done here, once: a child's every first write to a page
     # is a copy, so the less it does after the fork, the cheaper it is. The zygote
     # itself never runs a call, so it may as well be isolated, quiet and socket-free.
-    isolation._neutralize_sockets(data.fileno(), control.fileno())
+    process.neutralize_sockets(data.fileno(), control.fileno())
     isolate_stores()
-    _forward_output(data)
-    _send(control, _READY, b"")
+    output.forward(data)
+    send(control, _READY, b"")
     while True:
         pid = os.fork()
         if pid == 0:
@@ -301,18 +257,18 @@ def _supervise(pid: int, control: socket.socket, data: socket.socket) -> bool:
         alive = True
         while alive and pidfd not in _readable([control.fileno(), pidfd], None):
             try:
-                _receive(control)  # a kill request: P sends nothing else here
+                receive(control)  # a kill request: P sends nothing else here
             except (IsolationError, OSError):  # P closed: the child goes, and so do we
                 alive = False
             _stop(pid)
         status = os.waitpid(pid, 0)[1]
     finally:
         os.close(pidfd)
-    isolation._sweep()  # whatever the child left is ours now (a subreaper): kill it
+    process.sweep()  # whatever the child left is ours now (a subreaper): kill it
     unread = _discard_unread(data)
     if alive:
         report = {"pid": pid, "status": status, "unread": unread}
-        _send(control, _STATUS, json.dumps(report).encode())
+        send(control, _STATUS, json.dumps(report).encode())
     return alive
 
 
@@ -333,91 +289,42 @@ def _discard_unread(data: socket.socket) -> bool:
 def _stop(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGSTOP)  # frozen, it forks no more
-    isolation._kill_tree(pid)
+    process.kill_tree(pid)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
 
 
 def _child(data: socket.socket, app: Any) -> NoReturn:
     """A spare child: wait for a request, run it isolated, send one frame, ``os._exit``."""
-    code = isolation._EXIT_FAILED
+    code = process.EXIT_FAILED
     try:
-        prctl = isolation._prctl()
+        prctl = process.libc_prctl()
         if prctl is not None:
-            prctl(isolation._PR_SET_PDEATHSIG, int(signal.SIGKILL))
-            prctl(isolation._PR_SET_CHILD_SUBREAPER, 1)
+            prctl(process.PR_SET_PDEATHSIG, int(signal.SIGKILL))
+            prctl(process.PR_SET_CHILD_SUBREAPER, 1)
         with contextlib.suppress(OSError):
             os.setpgid(0, 0)
         if not data.recv(1, socket.MSG_PEEK):  # P is gone: no call came
             os._exit(0)
-        _send(data, _STARTED, b"")  # before taking the request: see the module docstring
-        _, raw = _receive(data)
+        send(data, _STARTED, b"")  # before taking the request: see the module docstring
+        _, raw = receive(data)
         if prctl is not None:
-            prctl(isolation._PR_SET_NAME, isolation.CALL_NAME)
+            prctl(process.PR_SET_NAME, process.CALL_NAME)
         header, arguments = _parse(raw)
         root = logging.getLogger()
         if root.level != header["log_level"]:  # setLevel clears every logger's cache
             root.setLevel(header["log_level"])
-        kind, payload = isolation._run(
+        kind, payload = process.run_framed(
             lambda: _call(app, header, arguments),
             lambda value: encoding.dumps(value, pickles=True),
             None,
         )
-        isolation._sweep()
-        isolation._flush_std()
-        isolation._write_all(data.fileno(), isolation._HEADER.pack(kind, len(payload)) + payload)
+        process.sweep()
+        process.flush_std()
+        process.write_all(data.fileno(), process.HEADER.pack(kind, len(payload)) + payload)
         code = 0
     finally:
         os._exit(code)
-
-
-class _Output:
-    """Sends what the body logs and prints to the pool process, one frame per write."""
-
-    def __init__(self, data: socket.socket) -> None:
-        self._data = data
-        self._lock = threading.Lock()  # a body's threads may log at once
-
-    def send(self, stream: str, text: str, name: str = "", level: int = 0) -> None:
-        line = {"stream": stream, "text": text, "name": name, "level": level}
-        with self._lock:
-            _send(self._data, _OUTPUT, json.dumps(line).encode())
-
-
-class _OutputHandler(logging.Handler):
-    def __init__(self, output: _Output) -> None:
-        super().__init__()
-        self._output = output
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            text = record.getMessage()
-            if record.exc_info:
-                text += "\n" + logging.Formatter().formatException(record.exc_info)
-            self._output.send("log", text, record.name, record.levelno)
-        except Exception:
-            self.handleError(record)
-
-
-class _OutputStream(io.TextIOBase):
-    def __init__(self, output: _Output, stream: str) -> None:
-        self._output = output
-        self._stream = stream
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        if text:
-            self._output.send(self._stream, text)
-        return len(text)
-
-
-def _forward_output(data: socket.socket) -> None:
-    output = _Output(data)
-    logging.getLogger().handlers = [_OutputHandler(output)]
-    sys.stdout = _OutputStream(output, "out")
-    sys.stderr = _OutputStream(output, "err")
 
 
 def _request(name: str, version: str, kwargs: dict[str, Any]) -> bytes:

@@ -1,0 +1,86 @@
+"""What a body run in a zygote's child logs and prints, carried to the pool process.
+
+A body forked from the pool process inherits its logging (and a worker's stdout
+redirection); a zygote's child does not. So the zygote points the root logger and
+``sys.stdout``/``sys.stderr`` at the data channel once (`forward`), each record or write
+becomes an ``L`` frame, and the pool process logs or prints it as it arrives (`replay`),
+in the job's context, tagged as if the body had run there.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import socket
+import sys
+import threading
+
+from graftq.tasks.isolation.process import Frame, send
+
+OUTPUT = b"L"
+
+
+class Output:
+    """Sends what the body logs and prints to the pool process, one frame per write."""
+
+    def __init__(self, data: socket.socket) -> None:
+        self._data = data
+        self._lock = threading.Lock()  # a body's threads may log at once
+
+    def send(self, stream: str, text: str, name: str = "", level: int = 0) -> None:
+        line = {"stream": stream, "text": text, "name": name, "level": level}
+        with self._lock:
+            send(self._data, OUTPUT, json.dumps(line).encode())
+
+
+class _Handler(logging.Handler):
+    def __init__(self, output: Output) -> None:
+        super().__init__()
+        self._output = output
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.exc_info:
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
+            self._output.send("log", text, record.name, record.levelno)
+        except Exception:
+            self.handleError(record)
+
+
+class _Stream(io.TextIOBase):
+    def __init__(self, output: Output, stream: str) -> None:
+        self._output = output
+        self._stream = stream
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if text:
+            self._output.send(self._stream, text)
+        return len(text)
+
+
+def forward(data: socket.socket) -> None:
+    """From now on, this process's logging and printing go to `data` as frames."""
+    output = Output(data)
+    logging.getLogger().handlers = [_Handler(output)]
+    sys.stdout = _Stream(output, "out")
+    sys.stderr = _Stream(output, "err")
+
+
+def replay(frame: Frame) -> Frame | None:
+    """The frame, unless it is the body's output: that is logged here (None)."""
+    kind, payload = frame
+    if kind != OUTPUT:
+        return frame
+    line = json.loads(payload)
+    if line["stream"] == "log":
+        logging.getLogger(line["name"]).log(line["level"], "%s", line["text"])
+    else:  # printed: to this process's own stream (a worker logs it, tagged)
+        stream = sys.stdout if line["stream"] == "out" else sys.stderr
+        stream.write(line["text"])
+        stream.flush()
+    return None
