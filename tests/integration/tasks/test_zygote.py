@@ -44,6 +44,8 @@ def test_a_result_and_the_calls_own_exception_come_back(zygote: Zygote) -> None:
     assert call(zygote, "bonus", student_age=3, bonus_amount=2.0) == 6.0
     older = call(zygote, "birthday", student=Student(name="Al", age=3))  # pickled arguments
     assert type(older) is Student and older.age == 4
+    awaited = call(zygote, "async_birthday", student=older)  # an async body, on a fresh loop
+    assert type(awaited) is Student and awaited.age == 5
     with pytest.raises(ValueError, match="boom"):
         call(zygote, "fail", message="boom")
     assert call(zygote, "bonus", student_age=4, bonus_amount=2.0) == 8.0
