@@ -50,6 +50,7 @@ from graftq.tasks.isolation.process import Frame, receive, send
 
 _REQUEST, _STARTED, _KILL, _READY, _STATUS = b"Q", b"A", b"K", b"H", b"S"
 _LENGTH = struct.Struct("!I")
+_RESENDS = 3  # a request whose child died before starting it goes to the next one, so often
 _START_TIMEOUT = 60.0  # seconds a zygote may take to import the App's module
 _HUGE_PAGES = {"PYTHONMALLOC": "malloc", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 
@@ -105,10 +106,11 @@ class Zygote:
             self._await_ready()
         if self._owed:
             self._status()
-        send(self._data, _REQUEST, _request(name, version, kwargs))
+        request = _request(name, version, kwargs)
+        send(self._data, _REQUEST, request)
         deadline = None if time_limit is None else time.monotonic() + time_limit
         try:
-            frame, status = self._collect(deadline)
+            frame, status = self._collect(deadline, request)
         except BaseException:  # e.g. Celery's soft time limit: the child must not outlive us
             self._abandon()
             raise
@@ -154,13 +156,18 @@ class Zygote:
             )
         self._ready = True
 
-    def _collect(self, deadline: float | None) -> tuple[Frame | None, dict[str, Any]]:
+    def _collect(
+        self, deadline: float | None, request: bytes
+    ) -> tuple[Frame | None, dict[str, Any]]:
         """The child's frame, or none and the zygote's status of the child.
 
         With a frame, the child's status is left to be read before the next request
-        (the child has ended its call; its exit is no reason to wait).
+        (the child has ended its call; its exit is no reason to wait). A request its
+        child died without starting (a spare killed from outside) never ran: it goes to
+        the next child.
         """
         killed = started = False
+        resent = 0
         while True:
             wait = None if deadline is None or killed else max(0.0, deadline - time.monotonic())
             readable = _readable([self._data, self._control], wait)
@@ -177,6 +184,10 @@ class Zygote:
             if self._control in readable:
                 status = self._status()
                 if not (started or status["unread"]):  # a spare died idle: not our call
+                    continue
+                if not (started or killed) and resent < _RESENDS:  # it died before taking it
+                    send(self._data, _REQUEST, request)
+                    resent += 1
                     continue
                 frame = _drain(self._data)  # the child may have written just before it ended
                 status["killed"] = killed and frame is None
