@@ -36,7 +36,6 @@ import pickle
 import select
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -49,7 +48,6 @@ from graftq.tasks.isolation import output, process
 from graftq.tasks.isolation.process import Frame, receive, send
 
 _REQUEST, _STARTED, _KILL, _READY, _STATUS = b"Q", b"A", b"K", b"H", b"S"
-_LENGTH = struct.Struct("!I")
 _RESENDS = 3  # a request whose child died before starting it goes to the next one, so often
 _START_TIMEOUT = 60.0  # seconds a zygote may take to import the App's module
 _HUGE_PAGES = {"PYTHONMALLOC": "malloc", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
@@ -321,14 +319,8 @@ def _child(data: socket.socket, app: Any) -> NoReturn:
         _, raw = receive(data)
         if prctl is not None:
             prctl(process.PR_SET_NAME, process.CALL_NAME)
-        header, arguments = _parse(raw)
-        root = logging.getLogger()
-        if root.level != header["log_level"]:  # setLevel clears every logger's cache
-            root.setLevel(header["log_level"])
         kind, payload = process.run_framed(
-            lambda: _call(app, header, arguments),
-            lambda value: encoding.dumps(value, pickles=True),
-            None,
+            lambda: _call(app, raw), lambda value: encoding.dumps(value, pickles=True), None
         )
         process.sweep()
         process.flush_std()
@@ -339,35 +331,31 @@ def _child(data: socket.socket, app: Any) -> NoReturn:
 
 
 def _request(name: str, version: str, kwargs: dict[str, Any]) -> bytes:
-    """A request: a JSON header, then the arguments, pickled (the fastest to load; P is the
-    zygote's own parent) unless they hold something pickle cannot name, then typed JSON."""
-    try:
-        arguments, form = pickle.dumps(kwargs, protocol=pickle.HIGHEST_PROTOCOL), "pickle"
-    except Exception:  # e.g. an instance of a class made in a function
-        arguments, form = encoding.dumps(kwargs, pickles=True), "json"
+    """A request, pickled whole (the fastest for the child to load; P is the zygote's own
+    parent): a header and the arguments, themselves as typed JSON if pickle cannot name
+    something in them."""
     level = logging.getLogger().getEffectiveLevel()
-    header = json.dumps({"name": name, "version": version, "form": form, "log_level": level})
-    return _LENGTH.pack(len(header)) + header.encode() + arguments
+    header = {"name": name, "version": version, "log_level": level}
+    try:
+        return pickle.dumps((header, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # e.g. an instance of a class made in a function
+        arguments = encoding.dumps(kwargs, pickles=True)
+        return pickle.dumps((header, arguments), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _parse(raw: bytes) -> tuple[dict[str, Any], bytes]:
-    (size,) = _LENGTH.unpack_from(raw)
-    start = _LENGTH.size
-    return json.loads(raw[start : start + size]), raw[start + size :]
-
-
-def _call(app: Any, header: dict[str, Any], arguments: bytes) -> Any:
+def _call(app: Any, request: bytes) -> Any:
     """Run the request's callable, as registered in the App this zygote imported."""
+    header, arguments = pickle.loads(request)
     info = app.callables[header["name"]]
     if info.version != header["version"]:
         raise IsolationError(
             f"callable {info.name!r} in the zygote is version {info.version}, the worker's is "
             f"{header['version']}: the code changed under a running worker; restart it"
         )
-    if header["form"] == "pickle":
-        kwargs = pickle.loads(arguments)
-    else:
-        kwargs = encoding.loads(arguments, pickles=True)
+    root = logging.getLogger()
+    if root.level != header["log_level"]:  # setLevel clears every logger's cache
+        root.setLevel(header["log_level"])
+    kwargs = encoding.loads(arguments, pickles=True) if isinstance(arguments, bytes) else arguments
     return info.func(**kwargs)
 
 

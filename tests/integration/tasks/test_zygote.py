@@ -51,6 +51,13 @@ def test_a_result_and_the_calls_own_exception_come_back(zygote: Zygote) -> None:
     assert call(zygote, "bonus", student_age=4, bonus_amount=2.0) == 8.0
 
 
+def test_arguments_pickle_cannot_name_still_reach_the_body(zygote: Zygote) -> None:
+    class Age(int):  # made in a function: pickle cannot name it, cloudpickle can
+        pass
+
+    assert call(zygote, "bonus", student_age=Age(3), bonus_amount=2.0) == 6.0
+
+
 @pytest.mark.parametrize("how", ["exit", "segv", "kill"])
 def test_a_crash_is_an_isolation_error_and_the_zygote_serves_on(zygote: Zygote, how: str) -> None:
     with pytest.raises(IsolationError, match="before sending a result"):
