@@ -13,7 +13,8 @@ retry, since its own reconnect is already a second wait.
 `reachable` turns what the clients raise when a server is down — redis-py's
 ConnectionError and TimeoutError, kombu's OperationalError, Celery's
 RuntimeError that the result backend "must be restarted" (it need not) — into
-`Unreachable`, naming the URLs (passwords masked) and the timeout.
+`Unreachable`, naming the URLs (passwords masked) and the timeout. The store's
+client (`redis_client`) does so on every command and pipeline it runs.
 
 redis-py and kombu are imported where they are used, so that a producer's
 `import graftq` (and the zygote's import of the App's module) stays light: an
@@ -23,6 +24,7 @@ error can only be one of theirs once they are imported.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -39,12 +41,13 @@ _BACKEND_GAVE_UP = "Retry limit exceeded while trying to reconnect"  # Celery's 
 
 
 def redis_client(url: str, settings: Settings) -> redis.Redis:
-    """A decoding redis-py client for the store whose waits are bounded."""
+    """A decoding redis-py client for the store whose waits are bounded and whose
+    unanswered calls raise `Unreachable` (the store is as public as `submit`)."""
     import redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    return redis.Redis.from_url(
+    store: redis.Redis = _reachable_client_class().from_url(
         url,
         decode_responses=True,
         health_check_interval=30,
@@ -52,6 +55,43 @@ def redis_client(url: str, settings: Settings) -> redis.Redis:
         socket_timeout=wait(settings),
         retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
     )
+    store.graftq_settings = settings  # type: ignore[attr-defined]
+    return store
+
+
+@functools.cache
+def _reachable_client_class() -> type[redis.Redis]:
+    """A redis-py client and pipeline that raise `Unreachable` for a server that does not
+    answer; redis-py's own retry (once, after a dropped connection) happens inside."""
+    import redis
+    from redis.client import Pipeline
+
+    class ReachablePipeline(Pipeline):
+        graftq_settings: Settings
+
+        def execute(self, raise_on_error: bool = True) -> Any:
+            with reachable(self.graftq_settings):
+                return super().execute(raise_on_error)
+
+        def immediate_execute_command(self, *args: Any, **options: Any) -> Any:
+            with reachable(self.graftq_settings):  # WATCH and the reads made while watching
+                return super().immediate_execute_command(*args, **options)  # type: ignore[no-untyped-call]
+
+    class ReachableRedis(redis.Redis):
+        graftq_settings: Settings
+
+        def execute_command(self, *args: Any, **options: Any) -> Any:
+            with reachable(self.graftq_settings):
+                return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+
+        def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+            pipe = ReachablePipeline(
+                self.connection_pool, self.response_callbacks, transaction, shard_hint
+            )
+            pipe.graftq_settings = self.graftq_settings
+            return pipe
+
+    return ReachableRedis
 
 
 def celery_timeouts(settings: Settings) -> dict[str, Any]:

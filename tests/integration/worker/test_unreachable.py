@@ -1,7 +1,8 @@
 """Nothing waits forever on an unreachable Redis (issue 10 item 4, SPEC 7).
 
 For a refused port, a listener that accepts and never answers, and a SIGSTOPped
-redis-server, `submit`, `execute`, `Job.get` and the CLI raise `Unreachable` naming
+redis-server, `submit`, `execute`, `Job.get`, the store (`app.entities`) and the CLI
+raise `Unreachable` naming
 the URL within the connect timeout — they used to block for minutes (the broker
 publish had no timeout) or, refused, raise a false "must be restarted" RuntimeError
 after 19 s. The same App works again once the server is back. The bounds asserted are
@@ -94,6 +95,10 @@ OPERATIONS: dict[str, Callable[[App], object]] = {
     "execute": lambda app: app.execute("bonus", {"student_age": 2, "bonus_amount": 1.5}),
     "Job.get": lambda app: app.job(str(uuid.uuid4()), "bonus").get(),
     "Job.status": lambda app: app.job(str(uuid.uuid4()), "bonus").status,
+    "entities.get": lambda app: app.entities.get(uuid.uuid4()),
+    "entities.put": lambda app: app.entities.put(Student(name="Al", age=3)),
+    "entities.heads": lambda app: list(app.entities.heads(Student)),
+    "entities.resolve": lambda app: app.entities.resolve(f"@{uuid.uuid4()}.name"),
 }
 
 
