@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 
 from graftq.errors import GraftError
 from graftq.settings import Settings
 from graftq.tasks.callables import CallableInfo
+from graftq.worker import broker
 from graftq.worker.connections import celery_timeouts
 
 BACKSTOP = 30.0  # seconds Celery's hard limit adds to a callable's own time limit
@@ -20,8 +22,9 @@ def make_celery(name: str, settings: Settings) -> Any:
 
     JSON only (no pickle from the broker), late acks with reject-on-worker-lost
     so a killed worker's job is redelivered, prefetch 1 so a long job does not
-    hold others back, task events for Flower, results that expire, and every
-    broker and backend wait bounded by the connect timeout.
+    hold others back, task events for Flower, results that expire, every broker and
+    backend wait bounded by the connect timeout, and for a Redis broker the transport
+    of `graftq.worker.broker`.
     """
     celery = Celery(name, broker=settings.broker, backend=settings.backend, set_as_current=False)
     celery.conf.update(
@@ -43,6 +46,8 @@ def make_celery(name: str, settings: Settings) -> Any:
         enable_utc=True,
         **celery_timeouts(settings),
     )
+    if urlsplit(settings.broker).scheme in broker.SCHEMES:
+        celery.conf.broker_transport = f"{broker.__name__}:Transport"
     return celery
 
 

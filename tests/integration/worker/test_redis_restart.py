@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from graftq import App
 from graftq.devserver import RedisServer
 from tests.entities import put_counter
 from tests.integration.worker.conftest import Node, running
+from tests.processes import alive, wait_until
 from tests.redis_state import restart
 
 
@@ -27,3 +29,28 @@ def test_worker_keeps_serving_across_a_redis_restart(client_app: Callable[..., A
             assert app.submit("increment", ref).get(timeout=60).value == 2
             history = app.entities.history(counter.lineage_id)
             assert [version.value for version in history] == [0, 1, 2]
+
+
+def test_a_restart_while_a_job_runs_leaves_the_worker_serving(
+    client_app: Callable[..., App], tmp_path: Path
+) -> None:
+    """A job delivered and not yet acknowledged when Redis goes away (acks are late):
+    Celery closes the broker channel, kombu restores the unacknowledged message through
+    a connection it has already let go of, and the worker must survive that."""
+    with RedisServer(appendonly=True) as server:
+        broker = f"redis://127.0.0.1:{server.port}/1"
+        node = Node("restart-busy")
+        with running(server.url, broker, node):
+            app = client_app(node.queue, store_url=server.url, broker=broker)
+            gate, pid_file = tmp_path / "gate", tmp_path / "pid"
+            held = app.submit("held", {"gate": str(gate), "pid_file": str(pid_file)})
+            wait_until(pid_file.exists, 30, "the held job runs")
+            restart(server)
+            gate.touch()
+            assert held.get(timeout=60) == 1
+            counter = put_counter(app.entities)
+            assert (
+                app.submit("increment", {"counter": f"@{counter.lineage_id}"}).get(timeout=60).value
+                == 1
+            )
+            assert node.proc.pid is not None and alive(node.proc.pid)
