@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -85,13 +86,18 @@ def test_an_interrupted_caller_leaves_no_running_body(zygote: Zygote, tmp_path: 
     def interrupt(*_: object) -> None:
         raise KeyboardInterrupt
 
+    def once_the_body_runs() -> None:  # a loaded host may take seconds to start the zygote
+        try:
+            wait_until(pid_file.exists, 60, "the held body started")
+        finally:
+            os.kill(os.getpid(), signal.SIGALRM)  # the handler runs in the waiting thread
+
     previous = signal.signal(signal.SIGALRM, interrupt)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 1.0)
+        threading.Thread(target=once_the_body_runs, daemon=True).start()
         with pytest.raises(KeyboardInterrupt):
             call(zygote, "held", gate=str(gate), pid_file=str(pid_file))
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     body = read_proc(pid_file)
     wait_until(lambda: not lives(body), 30, f"the interrupted body {body} is gone")
@@ -147,3 +153,4 @@ def test_no_zygote_for_another_app_or_when_switched_off(monkeypatch: pytest.Monk
     server = ForkServer(make_app())
     server.start()
     assert server.get() is None
+
