@@ -44,7 +44,7 @@ from typing import Any, NoReturn
 from graftq.errors import IsolationError, TimeLimitExceeded
 from graftq.registry.overlay import isolate_stores
 from graftq.tasks import encoding
-from graftq.tasks.isolation import output, process
+from graftq.tasks.isolation import output, process, rawfork
 from graftq.tasks.isolation.process import Frame, receive, send
 
 _REQUEST, _STARTED, _KILL, _READY, _STATUS = b"Q", b"A", b"K", b"H", b"S"
@@ -61,8 +61,9 @@ class Zygote:
         control, self._control = socket.socketpair()
         data, self._data = socket.socketpair()
         env = {**os.environ, **(_HUGE_PAGES if huge_pages else {})}
-        # -c, not -m: graftq imports this module, and runpy would warn about a second copy
-        entry = "from graftq.tasks.isolation.zygote import main; main()"
+        # -c, not -m: graftq imports this module, and runpy would warn about a second copy;
+        # its first lines record the at-fork hooks of all it imports (see rawfork)
+        entry = rawfork.RECORD + "from graftq.tasks.isolation.zygote import main; main(hooks)"
         command = [sys.executable, "-c", entry, app_path, str(control.fileno()), str(data.fileno())]
         try:
             self._process = subprocess.Popen(
@@ -234,7 +235,9 @@ def _drain(sock: socket.socket) -> tuple[bytes, bytes] | None:
     return None
 
 
-def _serve(app_path: str, control: socket.socket, data: socket.socket) -> None:
+def _serve(
+    app_path: str, control: socket.socket, data: socket.socket, hooks: list[rawfork.Phases]
+) -> None:
     """Import the App's module, then fork one child per call, each ahead of demand."""
     prctl = process.libc_prctl()
     if prctl is not None:
@@ -249,9 +252,10 @@ def _serve(app_path: str, control: socket.socket, data: socket.socket) -> None:
     process.neutralize_sockets(data.fileno(), control.fileno())
     isolate_stores()
     output.forward(data)
+    forker = rawfork.Forker(hooks)
     send(control, _READY, b"")
     while True:
-        pid = os.fork()
+        pid = forker.fork()
         if pid == 0:
             control.close()
             _child(data, app)
@@ -359,10 +363,11 @@ def _call(app: Any, request: bytes) -> Any:
     return info.func(**kwargs)
 
 
-def main() -> None:
-    """The zygote process: ``python -c "..." MODULE:ATTR CONTROL_FD DATA_FD``."""
+def main(hooks: list[rawfork.Phases]) -> None:
+    """The zygote process: ``python -c "..." MODULE:ATTR CONTROL_FD DATA_FD``; `hooks` are
+    the at-fork hooks registered since its first line."""
     app_path, control_fd, data_fd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     control = socket.socket(fileno=control_fd)
     data = socket.socket(fileno=data_fd)
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the pool process left
-        _serve(app_path, control, data)
+        _serve(app_path, control, data, hooks)

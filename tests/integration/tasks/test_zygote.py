@@ -21,6 +21,7 @@ import pytest
 from graftq import IsolationError, TimeLimitExceeded
 from graftq.tasks.isolation.zygote import Zygote
 from graftq.worker.pool import APP_VARIABLE, ForkServer
+from tests.apps.forkhooks import app as forkhooks
 from tests.apps.school import Student, make_app
 from tests.apps.school import app as school
 from tests.processes import children_of, lives, read_proc, running_calls, wait_until
@@ -154,3 +155,17 @@ def test_no_zygote_for_another_app_or_when_switched_off(monkeypatch: pytest.Monk
     server.start()
     assert server.get() is None
 
+
+def test_the_apps_at_fork_hooks_run_once_in_each_child(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GRAFTQ_REDIS_URL", redis_url)
+    server = Zygote("tests.apps.forkhooks:app")
+    try:
+        version = forkhooks.callables["fork_state"].version
+        states = [server.run("fork_state", version, {}) for _ in range(3)]
+    finally:
+        server.close()
+
+    assert [state["hook_runs"] for state in states] == [1, 1, 1]
+    assert len({state["random"] for state in states}) == 3  # random reseeded in every child
