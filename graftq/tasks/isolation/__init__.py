@@ -4,7 +4,8 @@
 zygote); `zygote.Zygote` is a worker pool process's lean fork server, whose children are
 forked ahead of demand. What every such child does — die with its parent, reap and kill
 what it started, send one frame — is `process`; what a body logs and prints on its way
-back to the caller is `output`.
+back to the caller is `output`; how a zygote forks without `os.fork`'s work for other
+threads is `rawfork`.
 """
 
 from graftq.tasks.isolation.fork import run_isolated
