@@ -247,7 +247,15 @@ class App:
         from graftq.worker.task import run_job
 
         zygote = None if self._fork_server is None else self._fork_server.get()
-        return run_job(self.entities, info, self.settings, request, input_data, zygote=zygote)
+        return run_job(
+            self.entities,
+            info,
+            self.settings,
+            request,
+            input_data,
+            zygote=zygote,
+            result_backend=self.celery.backend,
+        )
 
     def _job_failed(self, task: Any, exc: BaseException, job: Any, replace: bool) -> None:
         from graftq.worker.task import record_failed_job

@@ -14,6 +14,7 @@ key it wrote: if that holds exactly what this attempt wrote, the commit landed.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
@@ -27,6 +28,9 @@ from graftq.registry.keys import Keys
 from graftq.registry.tree import Node, build, decode_doc, nodes
 
 Moved = dict[str, tuple[str | None, str | None]]
+# Further Redis commands to run in the MULTI that records this execution (given the
+# record as written), e.g. a result backend's copy of the outcome.
+Also = Callable[[Execution], Sequence[tuple[Any, ...]]]
 
 
 class Writer(Protocol):
@@ -42,7 +46,8 @@ class Request:
 
     A moved head is a `VersionConflict` unless `branch` is set and its lineage is
     not in `strict` (the lineages an execution read by lineage reference); then the
-    new version is stored as a branch and that head stays.
+    new version is stored as a branch and that head stays. `also` adds commands to
+    the transaction that writes the execution record.
     """
 
     trees: list[Node]
@@ -52,6 +57,7 @@ class Request:
     execution: Execution | None = None
     memo_key: str | None = None
     lineages: frozenset[str] = field(default_factory=frozenset)
+    also: Also | None = None
 
 
 @dataclass(frozen=True)
@@ -222,6 +228,8 @@ def _write(
             move_head(client, keys, version.lineage_id, version.ecs_id, pipeline=pipe)
     if recorded is not None:
         write_execution(client, keys, recorded, memo_key=request.memo_key, pipeline=pipe)
+        for command in request.also(recorded) if request.also is not None else ():
+            pipe.execute_command(*command)
 
 
 def _landed(client: Any, keys: Keys, plan: Plan, recorded: Execution | None) -> bool:

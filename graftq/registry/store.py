@@ -152,13 +152,15 @@ class EntityRegistry:
         strict: Iterable[str] = (),
         execution: Execution | None = None,
         memo_key: str | None = None,
+        also: commit.Also | None = None,
     ) -> Committed:
         """Store several trees (and an execution record) in one transaction.
 
         A moved head is a `VersionConflict`; with `branch`, only for the lineages in
         `strict`, and the others' new versions are stored as branches. With an
         `execution` whose id already has a successful record, nothing is written
-        and the recorded execution comes back with `replayed=True`.
+        and the recorded execution comes back with `replayed=True`. `also` gives
+        further commands for the transaction that records the execution.
         """
         request = commit.Request(
             trees=[walk(root) for root in roots],
@@ -167,6 +169,7 @@ class EntityRegistry:
             derived_from=execution.id if execution else None,
             execution=execution,
             memo_key=memo_key,
+            also=also,
         )
         for _ in range(self.max_retries):
             outcome = commit.attempt(self._client, self.keys, request)

@@ -21,6 +21,7 @@ from typing import Any
 import pydantic
 
 from graftq.errors import GraftError, ReturnTypeError, VersionConflict
+from graftq.registry import commit
 from graftq.registry.execution import Execution, ExecutionStatus
 from graftq.registry.overlay import isolate_stores
 from graftq.registry.store import EntityRegistry
@@ -44,6 +45,7 @@ class Call:
     rerun_timeout: float = 60.0
     check_replay: bool = False
     zygote: Zygote | None = None  # the worker's fork server, for isolated bodies
+    also: commit.Also | None = None  # more writes for the transaction that records success
 
 
 def local_worker() -> str:
@@ -52,10 +54,12 @@ def local_worker() -> str:
 
 @dataclass(frozen=True)
 class Ran:
-    """The typed result and the execution that recorded it (an earlier one on replay)."""
+    """The typed result and the execution that recorded it (an earlier one on replay);
+    `committed` when this call's own transaction recorded it (with `Call.also`)."""
 
     value: Any
     execution: Execution
+    committed: bool = False
 
 
 def replayed(store: EntityRegistry, execution: Execution) -> Ran:
@@ -93,6 +97,7 @@ def run_call(
                     ExecutionStatus.SUCCESS, result=recorded.data, attempts=attempt
                 ),
                 memo_key=memo_key,
+                also=call.also,
             )
         except VersionConflict as exc:
             if time.monotonic() < deadline:
@@ -106,7 +111,8 @@ def run_call(
         assert committed.execution is not None
         if committed.replayed:
             return replayed(store, _same_job(committed.execution, info, digest))
-        return Ran(results.rebuild(recorded.data, committed.entities), committed.execution)
+        value = results.rebuild(recorded.data, committed.entities)
+        return Ran(value, committed.execution, committed=True)
     raise AssertionError("unreachable")  # pragma: no cover
 
 

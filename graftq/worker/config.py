@@ -11,7 +11,7 @@ from celery import Celery
 from graftq.errors import GraftError
 from graftq.settings import Settings
 from graftq.tasks.callables import CallableInfo
-from graftq.worker import broker
+from graftq.worker import backend, broker
 from graftq.worker.connections import celery_timeouts
 
 BACKSTOP = 30.0  # seconds Celery's hard limit adds to a callable's own time limit
@@ -23,10 +23,13 @@ def make_celery(name: str, settings: Settings) -> Any:
     JSON only (no pickle from the broker), late acks with reject-on-worker-lost
     so a killed worker's job is redelivered, prefetch 1 so a long job does not
     hold others back, task events for Flower, results that expire, every broker and
-    backend wait bounded by the connect timeout, and for a Redis broker the transport
-    of `graftq.worker.broker`.
+    backend wait bounded by the connect timeout, for a Redis broker the transport
+    of `graftq.worker.broker`, and for a Redis result backend `graftq.worker.backend`.
     """
-    celery = Celery(name, broker=settings.broker, backend=settings.backend, set_as_current=False)
+    results = settings.backend
+    if urlsplit(results).scheme in backend.SCHEMES:  # "module:Class+url" names Celery a class
+        results = f"{backend.__name__}:{backend.RedisBackend.__name__}+{results}"
+    celery = Celery(name, broker=settings.broker, backend=results, set_as_current=False)
     celery.conf.update(
         task_serializer="json",
         result_serializer="json",

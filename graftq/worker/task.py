@@ -22,7 +22,7 @@ from graftq.settings import Settings
 from graftq.tasks.callables import CallableInfo
 from graftq.tasks.isolation import Zygote
 from graftq.tasks.runner import Call, local_worker, run_call
-from graftq.worker import logs
+from graftq.worker import backend, logs
 from graftq.worker.config import BACKSTOP
 from graftq.worker.guard import GUARDED_STRATEGY
 from graftq.worker.message import META, PUBLISHED_TASK, TASK_PREFIX, input_of, task_name
@@ -38,14 +38,22 @@ def run_job(
     input_data: dict[str, Any],
     *,
     zygote: Zygote | None = None,
+    result_backend: Any = None,
 ) -> dict[str, Any]:
-    """Run one delivery of a job; the JSON the result backend keeps."""
+    """Run one delivery of a job; the JSON the result backend keeps.
+
+    With the Celery app's `result_backend` on the store's Redis, the job's commit
+    stores that JSON too (`graftq.worker.backend`).
+    """
+    same_redis = result_backend is not None and settings.backend == settings.redis_url
+    also = backend.in_commit(result_backend, request) if same_redis else None
     call = Call(
         execution_id=str(request.id),
         worker=str(request.hostname or "unknown"),
         rerun_timeout=settings.rerun_timeout,
         check_replay=True,
         zygote=zygote,
+        also=also,
     )
     try:
         with logs.job(
@@ -59,9 +67,10 @@ def run_job(
         raise TimeLimitExceeded(
             f"job {request.id} ({info.name}) hit Celery's soft time limit; its child was killed"
         ) from None
-    execution = ran.execution
+    if ran.committed and also is not None:
+        backend.mark_stored(request)
     # The result itself lives once, in the Execution record; Celery keeps how to find it.
-    return {"execution_id": execution.id, "outputs": execution.outputs}
+    return backend.celery_result(ran.execution)
 
 
 def _errors(exc: pydantic.ValidationError) -> Any:

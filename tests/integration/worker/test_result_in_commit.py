@@ -1,0 +1,154 @@
+"""A job's Celery result is written by the transaction that commits the job (issue 9).
+
+With the result backend on the store's Redis (the default: no GRAFTQ_RESULT_BACKEND),
+the commit's MULTI...EXEC writes Celery's SUCCESS document too, and Celery's own write
+of it, two round trips after the commit, is left out. Everything a Celery client sees
+stays as Celery writes it. (The rest of the suite keeps results on db 1, where Celery
+stores them itself.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import celery
+import redis
+from celery import states
+from celery.app.task import Context
+
+from graftq import App
+from graftq.worker.task import run_job
+from tests.apps.school import Counter
+from tests.integration.worker.conftest import Node, running
+
+
+def delivery(
+    app: App, name: str, input_data: dict[str, Any], task_id: str | None = None
+) -> Context:
+    """The request a worker's pool process gives a task for one delivery of a job."""
+    return Context(
+        id=task_id or str(uuid.uuid4()),
+        task=f"graftq.{name}",
+        args=[input_data],
+        kwargs={},
+        hostname="w1@test",
+        delivery_info={"routing_key": "jobs"},
+        retries=0,
+    )
+
+
+def celery_writes() -> contextlib.AbstractContextManager[None]:
+    """Where Celery's own store runs here (in a worker it warns quietly): it calls
+    redis-py's deprecated ``setex``."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(warnings.catch_warnings())
+    warnings.filterwarnings("ignore", "Call to deprecated setex", DeprecationWarning)
+    return stack
+
+
+def meta(client: redis.Redis, task_id: str) -> dict[str, Any]:
+    raw = client.get(f"celery-task-meta-{task_id}")
+    assert raw is not None, f"no Celery result for {task_id}"
+    return dict(json.loads(raw))
+
+
+def test_the_commit_stores_celerys_result_and_celery_then_writes_nothing(
+    make_school: Callable[..., App], redis_url: str, redis_client: redis.Redis
+) -> None:
+    app = make_school(broker=redis_url)  # results on the store's Redis
+    counter = app.entities.put(Counter())
+    data = {"counter": f"@{counter.lineage_id}"}
+    request = delivery(app, "increment", data)
+    info = app.callables["increment"]
+    backend = app.celery.backend
+
+    returned = run_job(app.entities, info, app.settings, request, data, result_backend=backend)
+
+    execution = app.entities.execution(request.id)
+    assert execution is not None and execution.status == "SUCCESS"
+    assert returned == {"execution_id": request.id, "outputs": execution.outputs}
+    stored = meta(redis_client, request.id)  # before Celery was told of the success
+    assert stored["status"] == states.SUCCESS and stored["result"] == returned
+    # the same document Celery's own store writes, field for field
+    other = delivery(app, "increment", data)
+    with celery_writes():
+        backend.store_result(other.id, returned, states.SUCCESS, request=other)
+    by_celery = meta(redis_client, other.id)
+    assert set(stored) == set(by_celery)
+    same = {"status", "result", "traceback", "children", "name", "args", "kwargs", "worker"}
+    assert {k: stored[k] for k in same} == {k: by_celery[k] for k in same}
+    assert stored["queue"] == by_celery["queue"] == "jobs" and stored["task_id"] == request.id
+    assert 0 < redis_client.ttl(f"celery-task-meta-{request.id}") <= backend.expires
+
+    # What Celery's tracer does next writes nothing: the marker below stays.
+    redis_client.set(f"celery-task-meta-{request.id}", json.dumps({"status": "MARKER"}))
+    with celery_writes():
+        backend.mark_as_done(request.id, returned, request=request)
+    assert meta(redis_client, request.id) == {"status": "MARKER"}
+
+
+def test_a_redelivered_job_is_stored_by_celery_as_before(
+    make_school: Callable[..., App], redis_url: str, redis_client: redis.Redis
+) -> None:
+    app = make_school(broker=redis_url)
+    counter = app.entities.put(Counter())
+    data = {"counter": f"@{counter.lineage_id}"}
+    first = delivery(app, "increment", data)
+    info, backend = app.callables["increment"], app.celery.backend
+    returned = run_job(app.entities, info, app.settings, first, data, result_backend=backend)
+    redis_client.delete(f"celery-task-meta-{first.id}")  # e.g. expired before the redelivery
+
+    again = delivery(app, "increment", data, first.id)  # the same job, delivered again
+    assert run_job(app.entities, info, app.settings, again, data, result_backend=backend) == (
+        returned
+    )
+    assert app.entities.head(counter.lineage_id).value == 1  # nothing ran twice
+    with celery_writes():
+        backend.mark_as_done(again.id, returned, request=again)  # so Celery stores it
+    assert meta(redis_client, again.id)["result"] == returned
+
+
+def test_results_elsewhere_are_left_to_celery(
+    make_school: Callable[..., App], redis_client: redis.Redis
+) -> None:
+    app = make_school()  # results on db 1, the store on db 0: no transaction spans both
+    counter = app.entities.put(Counter())
+    data = {"counter": f"@{counter.lineage_id}"}
+    request = delivery(app, "increment", data)
+    info, backend = app.callables["increment"], app.celery.backend
+    run_job(app.entities, info, app.settings, request, data, result_backend=backend)
+    assert redis_client.get(f"celery-task-meta-{request.id}") is None
+    assert backend.get_task_meta(request.id)["status"] == states.PENDING  # Celery's to write
+
+
+def test_a_worker_on_one_redis_answers_every_client(
+    make_school: Callable[..., App], redis_url: str
+) -> None:
+    """Store, broker and results on one URL, as a user who sets only GRAFTQ_REDIS_URL has."""
+    node = Node("one-redis", env={"GRAFTQ_RESULT_BACKEND": ""})
+    app = make_school(node.queue, broker=redis_url)
+    with running(redis_url, redis_url, node):
+        counter = app.entities.put(Counter())
+        job = app.submit("increment", {"counter": f"@{counter.lineage_id}"})
+        assert job.get(timeout=60).value == 1 and job.status == states.SUCCESS
+        # a plain Celery client, from another program, waits on the same result
+        plain = celery.Celery("plain", broker=redis_url, backend=redis_url)
+        plain.conf.task_default_queue = node.queue
+        other = plain.send_task("graftq.increment", args=[{"counter": f"@{counter.lineage_id}"}])
+        result = other.get(timeout=60)
+        assert set(result) == {"execution_id", "outputs"} and result["execution_id"] == other.id
+        assert app.entities.head(counter.lineage_id).value == 2
+        # a failure is Celery's to store, as before
+        failed = app.submit("fail", {"message": "boom"})
+        try:
+            failed.get(timeout=60)
+        except ValueError as exc:
+            assert "boom" in str(exc)
+        else:
+            raise AssertionError("the failing job returned")
+        assert failed.status == states.FAILURE
