@@ -70,13 +70,15 @@ class App:
 
         from graftq.worker.config import make_celery
         from graftq.worker.pool import ForkServer
-        from graftq.worker.task import bind, bind_published
+        from graftq.worker.task import bind_published
 
         celery = make_celery(self.name, self.settings)
-        bind_published(celery, self._run_published, self._job_failed)
+        bind_published(
+            celery, self._run_published, self._job_failed, track_started=self._track_started()
+        )
         for info in self.callables.values():
             if not info.published:
-                bind(celery, info, self._run_job, self._job_failed)
+                self._bind_to(celery, info)
         # Each worker pool process makes its own Redis connections (never inherited)
         # and its own fork server.
         self._fork_server = ForkServer(self)
@@ -239,9 +241,18 @@ class App:
     def _bind(self, info: CallableInfo) -> None:
         """Make a newly registered callable a task, once there is a Celery app to hold it."""
         if self._celery is not None:
-            from graftq.worker.task import bind
+            self._bind_to(self._celery, info)
 
-            bind(self._celery, info, self._run_job, self._job_failed)
+    def _bind_to(self, celery: Any, info: CallableInfo) -> None:
+        from graftq.worker.task import bind
+
+        bind(celery, info, self._run_job, self._job_failed, track_started=self._track_started())
+
+    def _track_started(self) -> bool:
+        """Whether Celery stores a job's STARTED (else the job does: `graftq.worker.backend`)."""
+        from graftq.worker import backend
+
+        return not backend.in_store(self.settings)
 
     def _run_job(self, info: CallableInfo, request: Any, input_data: dict[str, Any]) -> Any:
         from graftq.worker.task import run_job

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
@@ -23,6 +23,9 @@ from graftq.registry import containers
 from graftq.registry.entity import IDENTITY_FIELDS, Entity
 from graftq.registry.execution import Execution
 from graftq.registry.tree import nodes, walk
+
+if TYPE_CHECKING:  # the store imports this module
+    from graftq.registry.store import Announcement
 
 
 class Snapshot(Protocol):
@@ -38,7 +41,13 @@ class Snapshot(Protocol):
 class Reader(Protocol):
     """What resolving needs from the store (`EntityRegistry` has it)."""
 
-    def snapshot(self, uuids: Iterable[str], *, execution_id: str | None = None) -> Snapshot: ...
+    def snapshot(
+        self,
+        uuids: Iterable[str],
+        *,
+        execution_id: str | None = None,
+        announce: Announcement | None = None,
+    ) -> Snapshot: ...
 
 
 _REFERENCE = re.compile(
@@ -123,17 +132,25 @@ def _malformed(text: str) -> str:
     return f"reference {text!r}: empty path segment; expected '@<uuid>.field.0.key'"
 
 
-def resolve(store: Reader, data: Any, *, execution_id: str | None = None) -> Resolution:
+def resolve(
+    store: Reader,
+    data: Any,
+    *,
+    execution_id: str | None = None,
+    announce: Announcement | None = None,
+) -> Resolution:
     """Resolve every reference in `data` (any depth of dicts and lists) in one read.
 
     With an `execution_id`, that execution's record is read in the same round trip
-    (`Resolution.execution`). For several inputs with one read: `collect` each, one
-    `store.snapshot` of all their uuids, then `resolved` each.
+    (`Resolution.execution`); an `announce` (`store.Announcement`) is told in it. For
+    several inputs with one read: `collect` each, one `store.snapshot` of all their
+    uuids, then `resolved` each.
     """
     found = collect(data)
     snapshot = None
-    if found or execution_id is not None:
-        snapshot = store.snapshot((ref.uuid for ref in found), execution_id=execution_id)
+    if found or execution_id is not None or announce is not None:
+        uuids = (ref.uuid for ref in found)
+        snapshot = store.snapshot(uuids, execution_id=execution_id, announce=announce)
     return resolved(data, found, snapshot)
 
 

@@ -28,10 +28,21 @@ from graftq.registry.tree import as_data, build, decode_doc, walk
 # first through each document's kids. Returns: the record or "", then per uuid the
 # version it means or "", then id, raw pairs ("" when missing).
 _SNAPSHOT = """
-local versions, heads = ARGV[1], ARGV[2]
+local versions, heads, said = ARGV[1], ARGV[2], ARGV[4]
 local out = {ARGV[3] ~= '' and redis.call('GET', ARGV[3]) or ''}
+if said ~= '' then
+  local ok, now = pcall(cjson.decode, redis.call('GET', said) or '')
+  if not (ok and type(now) == 'table' and now.status == 'SUCCESS') then
+    if ARGV[6] ~= '' then
+      redis.call('SET', said, ARGV[5], 'EX', ARGV[6])
+    else
+      redis.call('SET', said, ARGV[5])
+    end
+    redis.call('PUBLISH', said, ARGV[5])
+  end
+end
 local queue, seen, i = {}, {}, 1
-for n = 4, #ARGV do
+for n = 7, #ARGV do
   local id = ARGV[n]
   if not redis.call('GET', versions .. id) then
     id = redis.call('GET', heads .. id) or ''
@@ -61,6 +72,17 @@ while i <= #queue do
 end
 return out
 """
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """A job's state, told in a snapshot's round trip: `document` is set on `key` (for
+    `expires` seconds, if given) and published there, unless the document stored there
+    already says ``"status": "SUCCESS"`` (a finished job is never told as running)."""
+
+    key: str
+    document: str
+    expires: int | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +123,11 @@ def as_uuid(value: UUID | str) -> UUID:
         return UUID(str(value))
     except ValueError:
         raise EntityNotFound(f"{value!r} is not an entity id (expected a UUID)") from None
+
+
+def _told(announce: Announcement) -> tuple[str, str, str]:
+    expires = "" if announce.expires is None else str(int(announce.expires))
+    return announce.key, announce.document, expires
 
 
 class EntityRegistry:
@@ -208,10 +235,18 @@ class EntityRegistry:
         docs = self._load_all(wanted)
         return [build(ecs_id, docs) for ecs_id in wanted]
 
-    def snapshot(self, uuids: Iterable[UUID | str], *, execution_id: str | None = None) -> Snapshot:
-        """In one round trip: what each uuid means now, the trees below, and an execution.
+    def snapshot(
+        self,
+        uuids: Iterable[UUID | str],
+        *,
+        execution_id: str | None = None,
+        announce: Announcement | None = None,
+    ) -> Snapshot:
+        """In one round trip: what each uuid means now, the trees below, and an execution;
+        with `announce`, that state is told in the same round trip.
 
-        Unknown uuids are left out of `meaning`.
+        Unknown uuids are left out of `meaning`. Inside an isolated call (whose writes
+        are private) nothing is announced.
         """
         ids = list(dict.fromkeys(str(as_uuid(u)) for u in uuids))
         record = "" if execution_id is None else self.keys.execution(execution_id)
@@ -219,7 +254,8 @@ class EntityRegistry:
             raw, meant, docs = self._snapshot_by_level(record, ids)
         else:
             prefixes = (self.keys.version_prefix, self.keys.head_prefix)
-            flat = self._snapshot_script(args=[*prefixes, record, *ids])
+            told = ("", "", "") if announce is None else _told(announce)
+            flat = self._snapshot_script(args=[*prefixes, record, *told, *ids])
             raw, meant = flat[0], flat[1 : 1 + len(ids)]
             rest = flat[1 + len(ids) :]
             docs = {rest[n]: rest[n + 1] for n in range(0, len(rest), 2)}

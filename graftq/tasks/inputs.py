@@ -14,7 +14,7 @@ from graftq.errors import GraftError
 from graftq.registry import containers, references
 from graftq.registry.entity import Entity
 from graftq.registry.execution import Execution, ExecutionStatus
-from graftq.registry.store import EntityRegistry
+from graftq.registry.store import Announcement, EntityRegistry
 from graftq.tasks import bounds, encoding
 from graftq.tasks.callables import CallableInfo
 
@@ -124,6 +124,7 @@ def prepare(
     input_data: Mapping[str, Any],
     *,
     replay_of: str | None,
+    announce: Announcement | None = None,
 ) -> Prepared | Done: ...
 
 
@@ -133,16 +134,18 @@ def prepare(
     input_data: Mapping[str, Any],
     *,
     replay_of: str | None = None,
+    announce: Announcement | None = None,
 ) -> Prepared | Done:
     """Resolve and validate; raises before anything runs, is enqueued or is written.
 
     Entity objects among the values are validated as given first, and only
     then stored, so bad input leaves no trace in the store. With `replay_of`, that
     execution's record is read in the same round trip as the inputs; if it
-    succeeded, `Done` comes back and nothing is validated.
+    succeeded, `Done` comes back and nothing is validated. An `announce` is told
+    in that round trip.
     """
     given = bounds.carried(store, info, as_input(input_data))  # too deep or not JSON: refused
-    resolution = references.resolve(store, given, execution_id=replay_of)
+    resolution = references.resolve(store, given, execution_id=replay_of, announce=announce)
     done = resolution.execution
     if done is not None and done.status is ExecutionStatus.SUCCESS:
         return Done(done)

@@ -24,7 +24,7 @@ from graftq.errors import GraftError, ReturnTypeError, VersionConflict
 from graftq.registry import commit
 from graftq.registry.execution import Execution, ExecutionStatus
 from graftq.registry.overlay import isolate_stores
-from graftq.registry.store import EntityRegistry
+from graftq.registry.store import Announcement, EntityRegistry
 from graftq.tasks import encoding, results
 from graftq.tasks.callables import CallableInfo
 from graftq.tasks.inputs import Done, Prepared, input_digest, prepare
@@ -46,6 +46,7 @@ class Call:
     check_replay: bool = False
     zygote: Zygote | None = None  # the worker's fork server, for isolated bodies
     also: commit.Also | None = None  # more writes for the transaction that records success
+    announce: Announcement | None = None  # told with the first read (the job has started)
 
 
 def local_worker() -> str:
@@ -80,7 +81,8 @@ def run_call(
     deadline = time.monotonic() + call.rerun_timeout
     for attempt in itertools.count(1):
         replay_of = call.execution_id if call.check_replay and attempt == 1 else None
-        prepared = prepare(store, info, input_data, replay_of=replay_of)
+        announce = call.announce if attempt == 1 else None
+        prepared = prepare(store, info, input_data, replay_of=replay_of, announce=announce)
         if isinstance(prepared, Done):  # a redelivery of a job that already committed
             return replayed(store, _same_job(prepared.execution, info, digest))
         memo_key = _memo_key(store, prepared)

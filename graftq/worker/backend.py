@@ -1,32 +1,46 @@
-"""Celery's result of a graftq job, written by the transaction that commits the job.
+"""Celery's states of a graftq job, written in the job's own round trips to the store.
 
-Celery stores a task's SUCCESS after the task returned: it reads the task's current
-state (so that a late duplicate never overwrites a success), then writes the result
-and publishes it — two more round trips after graftq's commit. A job's Celery result
-is only its execution id and output version ids (`celery_result`), which the commit
-knows. So when the result backend is the store's own Redis, the commit's
-MULTI...EXEC also writes Celery's result (`in_commit`: the document, key, expiry and
-publication Celery's Redis backend would write), and `RedisBackend` skips Celery's
-own write of that SUCCESS. The result is then stored exactly when the job's versions
-are, never one without the other, and a waiting `Job.get` or `AsyncResult.get` hears
-of it the same way. A job that replayed an earlier commit, a memoized one, a failure,
-STARTED, and any result backend elsewhere are stored by Celery as usual.
+Celery stores a task's STARTED before the task runs and its SUCCESS after it returned,
+each as a read of the current state (so that a late duplicate never overwrites a
+success), then a write and its publication: four round trips on top of graftq's own.
+When the result backend is the store's own Redis (`in_store`), graftq writes both
+documents — the same document, key, expiry and publication Celery's Redis backend
+would — in round trips the job makes anyway:
 
-Selected for ``redis://`` and ``rediss://`` result backends (`graftq.worker.config`).
+* STARTED (`started`) in the job's first read (the replay check and input load),
+  unless the stored state already says SUCCESS; the job's task then does not track
+  its start through Celery;
+* SUCCESS (`in_commit`) in the MULTI...EXEC that commits the job, so the result is
+  stored exactly when the job's versions are, never one without the other, and
+  `RedisBackend` skips Celery's own write of it.
+
+A waiting `Job.get` or `AsyncResult.get` hears of the result the same way. A job that
+replayed an earlier commit, a memoized one, a failure, and any result backend
+elsewhere are stored by Celery as usual. `RedisBackend` is selected for ``redis://``
+and ``rediss://`` result backends (`graftq.worker.config`).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import states
 from celery.backends.redis import RedisBackend as CeleryRedisBackend
 
 from graftq.registry.commit import Also
 from graftq.registry.execution import Execution
+from graftq.registry.store import Announcement
+from graftq.settings import Settings
 
 SCHEMES = ("redis", "rediss")
 _STORED = "graftq_result_stored"  # on the task's request: the task id whose result is stored
+
+
+def in_store(settings: Settings) -> bool:
+    """Whether Celery's results live in the store's Redis, so a job may write its own."""
+    return urlsplit(settings.backend).scheme in SCHEMES and settings.backend == settings.redis_url
 
 
 def celery_result(execution: Execution) -> dict[str, Any]:
@@ -62,17 +76,30 @@ def in_commit(backend: Any, request: Any) -> Also | None:
         return None
 
     def commands(execution: Execution) -> list[tuple[Any, ...]]:
-        # As Celery's `_store_result` and the Redis backend's `_set` would write it
-        meta = backend._get_result_meta(
-            result=celery_result(execution), state=states.SUCCESS, traceback=None, request=request
-        )
-        meta["task_id"] = request.id
-        value = backend.encode(meta)
-        key = backend.get_key_for_task(request.id)
+        key, value = _document(backend, request, states.SUCCESS, celery_result(execution))
         expiry = ("EX", backend.expires) if backend.expires else ()
         return [("SET", key, value, *expiry), ("PUBLISH", key, value)]
 
     return commands
+
+
+def started(backend: Any, request: Any) -> Announcement | None:
+    """`request`'s STARTED, as Celery's tracer would store it, for the job's first read;
+    None if Celery must store it (see `in_commit`)."""
+    if not isinstance(backend, RedisBackend) or not isinstance(request.id, str):
+        return None
+    # the tracer's own STARTED result: the pool process and the worker's node name
+    running = {"pid": os.getpid(), "hostname": request.hostname}
+    key, value = _document(backend, request, states.STARTED, running)
+    return Announcement(key, value, backend.expires or None)
+
+
+def _document(backend: Any, request: Any, state: str, result: Any) -> tuple[str, str]:
+    """Key and document of `request`'s `state`, as Celery's `_store_result` makes them."""
+    meta = backend._get_result_meta(result=result, state=state, traceback=None, request=request)
+    meta["task_id"] = request.id
+    key = backend.get_key_for_task(request.id)
+    return key.decode() if isinstance(key, bytes) else key, backend.encode(meta)
 
 
 def mark_stored(request: Any) -> None:

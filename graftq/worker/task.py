@@ -42,11 +42,12 @@ def run_job(
 ) -> dict[str, Any]:
     """Run one delivery of a job; the JSON the result backend keeps.
 
-    With the Celery app's `result_backend` on the store's Redis, the job's commit
-    stores that JSON too (`graftq.worker.backend`).
+    With the Celery app's `result_backend` on the store's Redis, the job writes its
+    STARTED and SUCCESS there itself (`graftq.worker.backend`).
     """
-    same_redis = result_backend is not None and settings.backend == settings.redis_url
-    also = backend.in_commit(result_backend, request) if same_redis else None
+    in_store = result_backend is not None and backend.in_store(settings)
+    also = backend.in_commit(result_backend, request) if in_store else None
+    announce = backend.started(result_backend, request) if in_store else None
     call = Call(
         execution_id=str(request.id),
         worker=str(request.hostname or "unknown"),
@@ -54,6 +55,7 @@ def run_job(
         check_replay=True,
         zygote=zygote,
         also=also,
+        announce=announce,
     )
     try:
         with logs.job(
@@ -161,8 +163,13 @@ def bind_published(
     celery: Any,
     job: Callable[[Any, dict[str, Any], dict[str, Any]], dict[str, Any]],
     failed: Failed,
+    *,
+    track_started: bool = True,
 ) -> Any:
-    """The one task that runs published functions; name and version come in `_graftq`."""
+    """The one task that runs published functions; name and version come in `_graftq`.
+
+    `track_started` False: the job writes its STARTED itself (`graftq.worker.backend`).
+    """
 
     def published(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         meta = kwargs.get(META) or {}
@@ -173,6 +180,7 @@ def bind_published(
     return celery.task(
         name=PUBLISHED_TASK,
         bind=True,
+        track_started=track_started,
         acks_late=True,
         reject_on_worker_lost=True,
         typing=False,
@@ -188,8 +196,11 @@ def bind(
     info: CallableInfo,
     job: Callable[[CallableInfo, Any, dict[str, Any]], dict[str, Any]],
     failed: Failed,
+    *,
+    track_started: bool = True,
 ) -> Any:
-    """Make `info` a Celery task named ``graftq.<name>`` that calls `job`."""
+    """Make `info` a Celery task named ``graftq.<name>`` that calls `job` (`track_started`
+    as in `bind_published`)."""
 
     def run(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return job(info, self.request, input_of(args, kwargs, info.parameters()))
@@ -203,6 +214,7 @@ def bind(
         graftq_failed=staticmethod(failed),
         name=task_name(info.name),
         bind=True,
+        track_started=track_started,
         acks_late=True,
         reject_on_worker_lost=True,
         time_limit=limit,

@@ -1,10 +1,10 @@
-"""A job's Celery result is written by the transaction that commits the job (issue 9).
+"""A job writes its Celery states in its own round trips to the store (issue 9).
 
 With the result backend on the store's Redis (the default: no GRAFTQ_RESULT_BACKEND),
-the commit's MULTI...EXEC writes Celery's SUCCESS document too, and Celery's own write
-of it, two round trips after the commit, is left out. Everything a Celery client sees
-stays as Celery writes it. (The rest of the suite keeps results on db 1, where Celery
-stores them itself.)
+the job's first read also stores its STARTED, and the MULTI...EXEC that commits it its
+SUCCESS; Celery's own writes of both, two round trips each, are left out. Everything
+a Celery client sees stays as Celery writes it. (The rest of the suite keeps results
+on db 1, where Celery stores them itself.)
 """
 
 from __future__ import annotations
@@ -14,17 +14,21 @@ import json
 import uuid
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import celery
+import celery.result
 import redis
 from celery import states
 from celery.app.task import Context
 
 from graftq import App
+from graftq.registry.store import Announcement
 from graftq.worker.task import run_job
 from tests.apps.school import Counter
 from tests.integration.worker.conftest import Node, running
+from tests.processes import read_pid
 
 
 def delivery(
@@ -66,6 +70,7 @@ def test_the_commit_stores_celerys_result_and_celery_then_writes_nothing(
     request = delivery(app, "increment", data)
     info = app.callables["increment"]
     backend = app.celery.backend
+    assert not app.celery.tasks["graftq.increment"].track_started  # the job writes STARTED
 
     returned = run_job(app.entities, info, app.settings, request, data, result_backend=backend)
 
@@ -90,6 +95,27 @@ def test_the_commit_stores_celerys_result_and_celery_then_writes_nothing(
     with celery_writes():
         backend.mark_as_done(request.id, returned, request=request)
     assert meta(redis_client, request.id) == {"status": "MARKER"}
+
+
+def test_the_first_read_announces_a_state_unless_the_job_already_succeeded(
+    make_school: Callable[..., App], redis_url: str, redis_client: redis.Redis
+) -> None:
+    app = make_school(broker=redis_url)
+    counter = app.entities.put(Counter())
+    store, key = app.entities, f"celery-task-meta-{uuid.uuid4()}"
+    listener = redis_client.pubsub()
+    listener.subscribe(key)
+    assert listener.get_message(timeout=5)["type"] == "subscribe"
+    running = json.dumps({"status": "STARTED", "result": {"pid": 1}})
+    snapshot = store.snapshot([counter.lineage_id], announce=Announcement(key, running, 60))
+    assert snapshot.meaning == {str(counter.lineage_id): (str(counter.ecs_id), False)}
+    assert redis_client.get(key) == running and 0 < redis_client.ttl(key) <= 60
+    assert listener.get_message(timeout=5)["data"] == running  # published, as Celery does
+    done = json.dumps({"status": "SUCCESS", "result": 1})
+    redis_client.set(key, done)
+    store.snapshot([], announce=Announcement(key, running))  # e.g. a late redelivery
+    assert redis_client.get(key) == done and redis_client.ttl(key) == -1
+    listener.close()
 
 
 def test_a_redelivered_job_is_stored_by_celery_as_before(
@@ -121,13 +147,14 @@ def test_results_elsewhere_are_left_to_celery(
     data = {"counter": f"@{counter.lineage_id}"}
     request = delivery(app, "increment", data)
     info, backend = app.callables["increment"], app.celery.backend
+    assert app.celery.tasks["graftq.increment"].track_started
     run_job(app.entities, info, app.settings, request, data, result_backend=backend)
     assert redis_client.get(f"celery-task-meta-{request.id}") is None
     assert backend.get_task_meta(request.id)["status"] == states.PENDING  # Celery's to write
 
 
 def test_a_worker_on_one_redis_answers_every_client(
-    make_school: Callable[..., App], redis_url: str
+    make_school: Callable[..., App], redis_url: str, tmp_path: Path
 ) -> None:
     """Store, broker and results on one URL, as a user who sets only GRAFTQ_REDIS_URL has."""
     node = Node("one-redis", env={"GRAFTQ_RESULT_BACKEND": ""})
@@ -136,6 +163,15 @@ def test_a_worker_on_one_redis_answers_every_client(
         counter = app.entities.put(Counter())
         job = app.submit("increment", {"counter": f"@{counter.lineage_id}"})
         assert job.get(timeout=60).value == 1 and job.status == states.SUCCESS
+        # a job that runs says so, with the pool process and node as Celery would
+        gate, pid_file = tmp_path / "gate", tmp_path / "held.pid"
+        held = app.submit("held", {"gate": str(gate), "pid_file": str(pid_file)})
+        read_pid(pid_file)
+        assert held.status == states.STARTED
+        told = celery.result.AsyncResult(held.id, app=app.celery).info
+        assert told["hostname"] == node.node and told["pid"] in node.proc.pool_pids()
+        gate.touch()
+        assert held.get(timeout=60) > 0 and held.status == states.SUCCESS
         # a plain Celery client, from another program, waits on the same result
         plain = celery.Celery("plain", broker=redis_url, backend=redis_url)
         plain.conf.task_default_queue = node.queue
