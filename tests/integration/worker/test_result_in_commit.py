@@ -27,8 +27,14 @@ from graftq import App
 from graftq.registry.store import Announcement
 from graftq.worker.task import run_job
 from tests.apps.school import Counter
+from tests.entities import put_counter
 from tests.integration.worker.conftest import Node, running
-from tests.processes import read_pid
+from tests.integration.worker.test_redelivery import (
+    assert_incremented_once,
+    kill_the_pool_process_running,
+    received,
+)
+from tests.processes import read_pid, read_proc
 
 
 def delivery(
@@ -188,3 +194,26 @@ def test_a_worker_on_one_redis_answers_every_client(
         else:
             raise AssertionError("the failing job returned")
         assert failed.status == states.FAILURE
+
+
+def test_a_job_killed_mid_run_ends_once_with_celerys_result(
+    make_school: Callable[..., App], redis_url: str, tmp_path: Path
+) -> None:
+    """The redelivery tells STARTED again, commits once and stores the one SUCCESS."""
+    node = Node("one-redis-killed", env={"GRAFTQ_RESULT_BACKEND": ""})
+    app = make_school(node.queue, broker=redis_url)
+    gate, pid_file = tmp_path / "gate", tmp_path / "held.pid"
+    with running(redis_url, redis_url, node):
+        counter = put_counter(app.entities)
+        data = {"counter": f"@{counter.lineage_id}", "gate": str(gate), "pid_file": str(pid_file)}
+        job = app.submit("held_increment", data)
+        try:
+            body = read_proc(pid_file)
+            assert job.status == states.STARTED
+            kill_the_pool_process_running(node, body)
+        finally:
+            gate.touch()
+
+        assert job.get(timeout=60).value == 1 and job.status == states.SUCCESS
+        assert received(node, job.id) == 2
+        assert_incremented_once(app, counter, job.id)
