@@ -181,6 +181,7 @@ def submit_many(
     with (
         _waits_subscribe(celery_app.backend),
         celery_app.producer_or_acquire() as producer,
+        _declares_once(producer),
         producer.batch(max_size=len(prepared) or 1),
     ):
         results = [
@@ -206,6 +207,31 @@ def _shown(value: Any, limit: int = 1024) -> str:
     """
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def _declares_once(producer: Any) -> Iterator[None]:
+    """Let `producer` see at once that a queue or exchange is declared already, for a batch.
+
+    Every message and every task-sent event asks kombu to declare its queue or exchange;
+    with publish retries on, kombu wraps even a declaration it has cached (no command is
+    sent) in a retrying call — a sixth of a batch's time. Here a cached declaration is
+    answered first, as kombu itself would answer it; any other goes to kombu as before.
+    """
+    declare = producer.maybe_declare
+
+    def cached_first(entity: Any, *args: Any, **kwargs: Any) -> Any:
+        client = getattr(producer.channel.connection, "client", None)
+        declared = getattr(client, "declared_entities", ())
+        if entity and entity.can_cache_declaration and hash(entity) in declared:
+            return False  # kombu's own answer for a declaration it has made
+        return declare(entity, *args, **kwargs)
+
+    producer.maybe_declare = cached_first
+    try:
+        yield
+    finally:
+        del producer.maybe_declare  # the pooled producer is left as it was
 
 
 @contextlib.contextmanager

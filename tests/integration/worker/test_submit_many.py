@@ -139,3 +139,23 @@ def test_the_batch_reads_the_store_a_bounded_number_of_times(
     assert len(jobs) == size
     assert queued(broker_url, queue) == size + 1
     assert 1 <= len(sends) <= 2, f"{len(sends)} store round trips for {size} inputs"
+
+
+def test_a_batch_declares_its_queue_and_leaves_the_producer_as_it_was(
+    client_app: Callable[..., App], broker_url: str, queue: str
+) -> None:
+    """Declarations kombu has made are answered without its retrying wrapper, for the
+    batch only: a new queue is still declared, and the pooled producer is unchanged."""
+    app = client_app(queue)
+    with app.celery.producer_or_acquire() as producer:
+        client = producer.channel.connection.client
+        assert "maybe_declare" not in vars(producer)
+    declared_before = set(client.declared_entities)
+
+    app.submit_many("increment", [{"counter": f"@{c.lineage_id}"} for c in counters(app, 3)])
+
+    assert queued(broker_url, queue) == 3
+    declared = {hash(app.celery.amqp.queues[queue])} | declared_before
+    assert declared <= set(client.declared_entities)
+    with app.celery.producer_or_acquire() as producer:
+        assert "maybe_declare" not in vars(producer)  # the batch's shortcut is gone
