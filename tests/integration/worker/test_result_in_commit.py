@@ -77,6 +77,9 @@ def test_the_commit_stores_celerys_result_and_celery_then_writes_nothing(
     info = app.callables["increment"]
     backend = app.celery.backend
     assert not app.celery.tasks["graftq.increment"].track_started  # the job writes STARTED
+    listener = redis_client.pubsub()  # where a waiting AsyncResult hears of each state
+    listener.subscribe(f"celery-task-meta-{request.id}")
+    assert listener.get_message(timeout=5)["type"] == "subscribe"
 
     returned = run_job(app.entities, info, app.settings, request, data, result_backend=backend)
 
@@ -85,6 +88,10 @@ def test_the_commit_stores_celerys_result_and_celery_then_writes_nothing(
     assert returned == {"execution_id": request.id, "outputs": execution.outputs}
     stored = meta(redis_client, request.id)  # before Celery was told of the success
     assert stored["status"] == states.SUCCESS and stored["result"] == returned
+    told = [json.loads(listener.get_message(timeout=5)["data"]) for _ in range(2)]
+    assert [state["status"] for state in told] == [states.STARTED, states.SUCCESS]
+    assert told[0]["result"]["hostname"] == "w1@test" and told[1] == stored
+    listener.close()
     # the same document Celery's own store writes, field for field
     other = delivery(app, "increment", data)
     with celery_writes():
