@@ -7,6 +7,7 @@ Celery is imported where it is used (a Job exists only once Celery runs), so tha
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
@@ -17,7 +18,7 @@ from graftq.settings import Settings
 from graftq.tasks import results
 from graftq.tasks.callables import CallableInfo
 from graftq.tasks.inputs import prepare, prepare_many, validation_error
-from graftq.worker.connections import reachable
+from graftq.worker.connections import reachable, wait
 from graftq.worker.message import META
 
 
@@ -82,7 +83,7 @@ class Job:
 
         try:
             with reachable(self._settings):
-                payload = self._result.get(timeout=timeout, propagate=True)
+                payload = self._wait(timeout)
         except celery_errors.TimeoutError:
             # Celery keeps a waited-on result alive until it resolves; let go of it
             # (a later get() registers it again) so nothing lingers past shutdown.
@@ -106,6 +107,29 @@ class Job:
                     f"{payload['execution_id']} is missing from the store"
                 )
             return results.replay(store, execution.result, execution.outputs)
+
+    def _wait(self, timeout: float | None) -> Any:
+        """Celery's result, waited for in pieces of one connection wait each.
+
+        Celery's Redis backend waits on its subscription's socket: a server that stops
+        answering mid-wait (stopped, or a network that drops packets) is never noticed
+        there. Each piece starts with a read of the stored state, which a silent server
+        fails within one wait, so `reachable` raises `Unreachable` well within the
+        connect timeout however long the job itself may take.
+        """
+        from celery import exceptions as celery_errors
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        piece = wait(self._settings)
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return self._result.get(
+                    timeout=piece if left is None else min(piece, left), propagate=True
+                )
+            except celery_errors.TimeoutError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
 
     async def aget(self, timeout: float | None = None, poll: float = 0.05) -> Any:
         """`get` without blocking the event loop (polls the result backend)."""

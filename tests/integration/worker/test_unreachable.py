@@ -24,12 +24,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from graftq import App, Unreachable
 from graftq.devserver import RedisServer, free_port
 from tests.apps.school import Student, make_app
 from tests.integration.cli.conftest import SCHOOL, clean_env, run_cli
 from tests.integration.worker.conftest import Node, running
+from tests.processes import wait_until
 
 TIMEOUT = 1.5  # GRAFTQ_CONNECT_TIMEOUT in these tests
 GIVE_UP = 12.0  # far above TIMEOUT, far below the minutes the hangs took
@@ -159,25 +161,35 @@ def test_stopped_redis_then_the_same_app_works_again(
     works(app)
 
 
+@pytest.mark.parametrize("when", ["at once", "once the job is waited on"])
 def test_waiting_job_notices_redis_stopping(
-    private_redis: RedisServer, app_on: Callable[[str], App]
+    private_redis: RedisServer, app_on: Callable[[str], App], when: str
 ) -> None:
+    """`Job.get` raises `Unreachable` whether the server stops as the wait begins or
+    while it waits: Celery's backend, subscribed and waiting on its socket, never
+    noticed a server gone quiet (this waited until the server came back)."""
     app = app_on(private_redis.url)
     job = app.submit("bonus", {"student_age": 2, "bonus_amount": 1.5})  # no worker: pending
-    failure: list[BaseException] = []
+    failure: list[tuple[float, BaseException]] = []
 
     def wait() -> None:
         try:
             job.get()
         except BaseException as exc:
-            failure.append(exc)
+            failure.append((time.monotonic(), exc))
 
     waiter = threading.Thread(target=wait, daemon=True)
     waiter.start()
+    if when != "at once":  # the waiter has subscribed to its result: it is waiting
+        with redis.Redis.from_url(private_redis.url) as watcher:
+            channel = f"celery-task-meta-{job.id}"
+            wait_until(lambda: watcher.pubsub_numsub(channel)[0][1] > 0, GIVE_UP, "the wait")
     with stopped(private_redis):
+        since = time.monotonic()
         waiter.join(GIVE_UP)
     waiter.join(GIVE_UP)
-    assert failure and isinstance(failure[0], Unreachable), failure
+    assert failure and isinstance(failure[0][1], Unreachable), failure
+    assert failure[0][0] - since < GIVE_UP
 
 
 def test_refused_port_comes_back(app_on: Callable[[str], App]) -> None:
