@@ -114,6 +114,7 @@ class RedisServer(_Process):
                 return self
             if attempt < attempts:
                 self.port = free_port()
+        shutil.rmtree(self._dir, ignore_errors=True)  # nothing will use it: leave no trace
         raise GraftError(f"redis-server exited at start (port {self.port} taken?)")
 
     def _launch(self, timeout: float) -> bool:

@@ -33,5 +33,7 @@ def test_a_taken_port_is_never_mistaken_for_our_server() -> None:
             client = redis.Redis.from_url(squatter.url)
             assert client.info("server")["process_id"] == squatter.pid
             client.close()
+        refused = devserver.RedisServer(port=first.port)  # a port we were told to use
         with pytest.raises(GraftError, match="exited at start"):
-            devserver.RedisServer(port=first.port).start()  # a port we were told to use
+            refused.start()
+        assert not os.path.exists(refused._dir)  # its data directory is not left behind
