@@ -176,7 +176,8 @@ class WorkerProcess(_Process):
     """A `graftq worker` subprocess in its own session, stopped by its PID.
 
     The worker is told its Redis through GRAFTQ_REDIS_URL; `env` adds more.
-    Its output goes to `log_path`.
+    Its output goes to `log_path`; without one, to a temporary file that `with` removes
+    when its block ends without an error (after one, the log stays for a look).
     """
 
     def __init__(
@@ -192,6 +193,7 @@ class WorkerProcess(_Process):
     ) -> None:
         self.app_path = app_path
         self.hostname = hostname or f"graftq-{free_port()}@%h"
+        self._own_log = log_path is None
         if log_path is None:
             handle, log_path = tempfile.mkstemp(prefix="graftq-worker-", suffix=".log")
             os.close(handle)
@@ -223,6 +225,17 @@ class WorkerProcess(_Process):
             time.sleep(0.1)
         self.stop()
         raise GraftError(f"worker not ready after {timeout}s; its log:\n{self.log()}")
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        if exc_type is None and self._own_log:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.log_path)
 
     def log(self) -> str:
         try:

@@ -37,3 +37,16 @@ def test_a_taken_port_is_never_mistaken_for_our_server() -> None:
         with pytest.raises(GraftError, match="exited at start"):
             refused.start()
         assert not os.path.exists(refused._dir)  # its data directory is not left behind
+
+
+def test_a_worker_used_with_with_removes_the_log_it_made(redis_url: str) -> None:
+    with devserver.WorkerProcess("tests.apps.school:app", redis_url, concurrency=1) as worker:
+        assert " ready." in worker.log()
+    assert not os.path.exists(worker.log_path)  # nothing left in the temp directory
+    with (
+        pytest.raises(RuntimeError),
+        devserver.WorkerProcess("tests.apps.school:app", redis_url, concurrency=1) as failed,
+    ):
+        raise RuntimeError("the block failed")
+    assert " ready." in failed.log()  # kept for a look after a failure
+    os.unlink(failed.log_path)
