@@ -84,6 +84,10 @@ class _Process:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+        self._ended(failed=exc_type is not None)
+
+    def _ended(self, *, failed: bool) -> None:
+        """After `with` stopped it: what else to clean up (`failed`: the block raised)."""
 
 
 class RedisServer(_Process):
@@ -226,14 +230,8 @@ class WorkerProcess(_Process):
         self.stop()
         raise GraftError(f"worker not ready after {timeout}s; its log:\n{self.log()}")
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-        if exc_type is None and self._own_log:
+    def _ended(self, *, failed: bool) -> None:
+        if not failed and self._own_log:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.log_path)
 
