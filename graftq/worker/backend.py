@@ -4,13 +4,13 @@ Celery stores a task's STARTED before the task runs and its SUCCESS after it ret
 each as a read of the current state (so that a late duplicate never overwrites a
 success), then a write and its publication: four round trips on top of graftq's own.
 When the result backend is the store's own Redis (`in_store`), graftq writes both
-documents — the same document, key, expiry and publication Celery's Redis backend
-would — in round trips the job makes anyway:
+documents (`own_states`) — the same document, key, expiry and publication Celery's
+Redis backend would — in round trips the job makes anyway:
 
-* STARTED (`started`) in the job's first read (the replay check and input load),
+* STARTED in the job's first read (the replay check and input load),
   unless the stored state already says SUCCESS; the job's task then does not track
   its start through Celery;
-* SUCCESS (`in_commit`) in the MULTI...EXEC that commits the job, so the result is
+* SUCCESS in the MULTI...EXEC that commits the job, so the result is
   stored exactly when the job's versions are, never one without the other, and
   `RedisBackend` skips Celery's own write of it.
 
@@ -23,7 +23,7 @@ and ``rediss://`` result backends (`graftq.worker.config`).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from celery import states
@@ -38,9 +38,14 @@ SCHEMES = ("redis", "rediss")
 _STORED = "graftq_result_stored"  # on the task's request: the task id whose result is stored
 
 
+def handles(url: str) -> bool:
+    """Whether `RedisBackend` is the result backend for `url` (`graftq.worker.config`)."""
+    return urlsplit(url).scheme in SCHEMES
+
+
 def in_store(settings: Settings) -> bool:
     """Whether Celery's results live in the store's Redis, so a job may write its own."""
-    return urlsplit(settings.backend).scheme in SCHEMES and settings.backend == settings.redis_url
+    return handles(settings.backend) and settings.backend == settings.redis_url
 
 
 def celery_result(execution: Execution) -> dict[str, Any]:
@@ -67,31 +72,31 @@ class RedisBackend(CeleryRedisBackend):  # type: ignore[misc]  # Celery has no t
         )
 
 
-def in_commit(backend: Any, request: Any) -> Also | None:
-    """The commands that store `request`'s SUCCESS in its commit; None if Celery must.
+class OwnStates(NamedTuple):
+    """What a job writes for Celery itself: STARTED in its first read, SUCCESS in its commit."""
 
-    `backend` must be a `RedisBackend` on the store's Redis (the caller knows the URLs).
-    """
-    if not isinstance(backend, RedisBackend) or not isinstance(request.id, str):
+    started: Announcement
+    success: Also
+
+
+def own_states(backend: Any, settings: Settings, request: Any) -> OwnStates | None:
+    """`request`'s STARTED and SUCCESS, as Celery would store them, for the job to write in
+    its own round trips; None if Celery must store them (results elsewhere)."""
+    if not (in_store(settings) and isinstance(backend, RedisBackend)):
         return None
-
-    def commands(execution: Execution) -> list[tuple[Any, ...]]:
-        key, value = _document(backend, request, states.SUCCESS, celery_result(execution))
-        expiry = ("EX", backend.expires) if backend.expires else ()
-        return [("SET", key, value, *expiry), ("PUBLISH", key, value)]
-
-    return commands
-
-
-def started(backend: Any, request: Any) -> Announcement | None:
-    """`request`'s STARTED, as Celery's tracer would store it, for the job's first read;
-    None if Celery must store it (see `in_commit`)."""
-    if not isinstance(backend, RedisBackend) or not isinstance(request.id, str):
+    if not isinstance(request.id, str):
         return None
     # the tracer's own STARTED result: the pool process and the worker's node name
     running = {"pid": os.getpid(), "hostname": request.hostname}
     key, value = _document(backend, request, states.STARTED, running)
-    return Announcement(key, value, backend.expires or None)
+    expires = backend.expires or None
+
+    def success(execution: Execution) -> list[tuple[Any, ...]]:
+        key, value = _document(backend, request, states.SUCCESS, celery_result(execution))
+        expiry = ("EX", expires) if expires else ()
+        return [("SET", key, value, *expiry), ("PUBLISH", key, value)]
+
+    return OwnStates(Announcement(key, value, expires), success)
 
 
 def _document(backend: Any, request: Any, state: str, result: Any) -> tuple[str, str]:

@@ -27,7 +27,7 @@ def make_celery(name: str, settings: Settings) -> Any:
     of `graftq.worker.broker`, and for a Redis result backend `graftq.worker.backend`.
     """
     results = settings.backend
-    if urlsplit(results).scheme in backend.SCHEMES:  # "module:Class+url" names Celery a class
+    if backend.handles(results):  # "module:Class+url" names Celery a class
         results = f"{backend.__name__}:{backend.RedisBackend.__name__}+{results}"
     celery = Celery(name, broker=settings.broker, backend=results, set_as_current=False)
     celery.conf.update(

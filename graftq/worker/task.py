@@ -45,17 +45,15 @@ def run_job(
     With the Celery app's `result_backend` on the store's Redis, the job writes its
     STARTED and SUCCESS there itself (`graftq.worker.backend`).
     """
-    in_store = result_backend is not None and backend.in_store(settings)
-    also = backend.in_commit(result_backend, request) if in_store else None
-    announce = backend.started(result_backend, request) if in_store else None
+    own = backend.own_states(result_backend, settings, request)
     call = Call(
         execution_id=str(request.id),
         worker=str(request.hostname or "unknown"),
         rerun_timeout=settings.rerun_timeout,
         check_replay=True,
         zygote=zygote,
-        also=also,
-        announce=announce,
+        also=None if own is None else own.success,
+        announce=None if own is None else own.started,
     )
     try:
         with logs.job(
@@ -69,7 +67,7 @@ def run_job(
         raise TimeLimitExceeded(
             f"job {request.id} ({info.name}) hit Celery's soft time limit; its child was killed"
         ) from None
-    if ran.committed and also is not None:
+    if ran.committed and own is not None:
         backend.mark_stored(request)
     # The result itself lives once, in the Execution record; Celery keeps how to find it.
     return backend.celery_result(ran.execution)
