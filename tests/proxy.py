@@ -1,9 +1,10 @@
-"""A TCP proxy in front of the private redis-server that can lose a transaction's reply.
+"""A TCP proxy in front of the private redis-server that can lose a reply.
 
 `cut_next_exec()` arms it: the next client write holding MULTI ... EXEC is forwarded,
 the server's reply is read (so the transaction has run) and dropped, and the client's
 connection is closed. The client sees a dropped connection for a commit that happened:
-the "ambiguous EXEC" of SPEC section 5.
+the "ambiguous EXEC" of SPEC section 5. `cut_next(*markers)` does the same to the next
+write holding all of `markers`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ class CuttingProxy:
         self.upstream_port = upstream_port
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
-        self._armed = threading.Event()
+        self._armed: tuple[bytes, ...] = ()
         self.cuts = 0
         self._sockets: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
@@ -32,7 +33,11 @@ class CuttingProxy:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def cut_next_exec(self) -> None:
-        self._armed.set()
+        self.cut_next(b"MULTI", b"EXEC")
+
+    def cut_next(self, *markers: bytes) -> None:
+        with self._lock:
+            self._armed = markers
 
     def __enter__(self) -> Self:
         self._spawn(self._accept)
@@ -77,9 +82,10 @@ class CuttingProxy:
     def _upstream(self, client: socket.socket, server: socket.socket, cut: threading.Event) -> None:
         with contextlib.suppress(OSError):
             while chunk := client.recv(65536):
-                if self._armed.is_set() and b"MULTI" in chunk and b"EXEC" in chunk:
-                    self._armed.clear()
-                    cut.set()
+                with self._lock:
+                    if self._armed and all(marker in chunk for marker in self._armed):
+                        self._armed = ()
+                        cut.set()
                 server.sendall(chunk)
         with contextlib.suppress(OSError):
             server.shutdown(socket.SHUT_WR)

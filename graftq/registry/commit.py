@@ -1,8 +1,8 @@
 """The commit: one optimistic WATCH/MULTI/EXEC transaction per attempt.
 
-One attempt is three round trips: WATCH the keys the decision rests on; read them
-in one MGET (lineage heads, the stored documents of the tree, the execution key,
-and the keys that tell whether a new id is already taken); then plan the new
+One attempt is two round trips: WATCH the keys the decision rests on and read them
+in one MGET sent with it (lineage heads, the stored documents of the tree, the
+execution key, and the keys that tell whether a new id is already taken); then plan the new
 versions, validate every document, check identities and heads, and write versions,
 history entries, head moves, the type index and the execution record in one
 MULTI...EXEC (and, while a prune runs, what the tree read: see `retention`). A
@@ -168,8 +168,7 @@ def attempt(client: Any, keys: Keys, request: Request) -> Outcome | Retry:
     with client.pipeline(transaction=True) as pipe:
         try:
             watched = reads.watched(keys)
-            pipe.watch(*watched)
-            state = _State.parse(reads, cast(list[Any], pipe.mget(reads.read(keys, watched))))
+            state = _State.parse(reads, _watch_and_read(pipe, watched, reads.read(keys, watched)))
             if (done := _success(state.execution)) is not None:
                 return Outcome(Plan(), execution=done, branched=done.branched, replayed=True)
             plan = diff.plan(
@@ -203,6 +202,16 @@ def attempt(client: Any, keys: Keys, request: Request) -> Outcome | Retry:
                 return outcome
             return Retry(frozenset(reads.lineages))
     return outcome
+
+
+def _watch_and_read(pipe: Any, watched: list[str], keys: list[str]) -> list[Any]:
+    """WATCH `watched` and MGET `keys`: in one round trip where the pipeline can batch
+    them (the store's own client: `graftq.worker.connections`), else in two."""
+    batched = getattr(pipe, "watch_and_read", None)
+    if batched is not None:
+        return cast(list[Any], batched(watched, keys))
+    pipe.watch(*watched)
+    return cast(list[Any], pipe.mget(keys))
 
 
 def _recorded(request: Request, plan: Plan, branched: bool) -> Execution | None:

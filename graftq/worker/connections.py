@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from graftq.errors import Unreachable
@@ -76,6 +76,34 @@ def _reachable_client_class() -> type[redis.Redis]:
         def immediate_execute_command(self, *args: Any, **options: Any) -> Any:
             with reachable(self.graftq_settings):  # WATCH and the reads made while watching
                 return super().immediate_execute_command(*args, **options)  # type: ignore[no-untyped-call]
+
+        def watch_and_read(self, watched: Sequence[str], keys: Sequence[str]) -> list[Any]:
+            """``WATCH watched`` then ``MGET keys``, sent together: one round trip where
+            `watch` and then `mget` take two. The pipeline is left watching on its own
+            connection, as after `watch`, for `multi` and `execute`. A dropped connection
+            is tried once more on a fresh one (as redis-py does for WATCH); nothing is
+            watched until the WATCH's reply has been read."""
+            if self.watching or self.explicit_transaction:
+                raise redis.RedisError("watch_and_read must come before any WATCH or MULTI")
+            packed = [("WATCH", *watched), ("MGET", *keys)]
+            with reachable(self.graftq_settings):
+                for tries_left in (1, 0):
+                    conn: Any = self.connection or self.connection_pool.get_connection()
+                    self.connection = conn
+                    try:
+                        conn.send_packed_command(conn.pack_commands(packed))
+                        conn.read_response()
+                        self.watching = True
+                        values: list[Any] = conn.read_response()
+                        return values
+                    except (redis.ConnectionError, redis.TimeoutError):
+                        conn.disconnect()  # a half-read reply must not meet the next command
+                        if self.watching or not tries_left:
+                            raise
+                    except BaseException:
+                        conn.disconnect()
+                        raise
+            raise AssertionError("unreachable")  # pragma: no cover
 
     class ReachableRedis(redis.Redis):
         graftq_settings: Settings
