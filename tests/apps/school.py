@@ -160,6 +160,11 @@ def make_app(name: str = "school") -> App:
         return len(message)
 
     @app.register
+    def niceness() -> int:
+        """The scheduling priority the body runs at."""
+        return os.getpriority(os.PRIO_PROCESS, 0)
+
+    @app.register
     async def async_birthday(student: Student) -> Student:
         await asyncio.sleep(0.01)
         student.age += 1

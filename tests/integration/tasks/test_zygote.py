@@ -60,6 +60,13 @@ def test_arguments_pickle_cannot_name_still_reach_the_body(zygote: Zygote) -> No
     assert call(zygote, "bonus", student_age=Age(3), bonus_amount=2.0) == 6.0
 
 
+def test_bodies_run_at_the_callers_priority(zygote: Zygote) -> None:
+    """A child that has answered exits at the lowest priority; the next body does not
+    inherit it, nor does a body run at it."""
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert [call(zygote, "niceness") for _ in range(3)] == [ours] * 3
+
+
 @pytest.mark.parametrize("how", ["exit", "segv", "kill"])
 def test_a_crash_is_an_isolation_error_and_the_zygote_serves_on(zygote: Zygote, how: str) -> None:
     with pytest.raises(IsolationError, match="before sending a result"):
