@@ -4,8 +4,9 @@ Forking a worker's pool process costs CPU in proportion to its memory — celery
 kombu, redis-py and all a worker has touched — and sits on every job's critical
 path. A zygote is a fresh interpreter that imports only the App's module (graftq
 keeps Celery and redis-py out of that import) and forks its next child before the
-call arrives, so the fork is cheap and done by the time it is needed. Where the
-host has transparent huge pages, its heap lives in them (fewer pages to copy).
+call arrives, so the fork is cheap and done by the time it is needed. (Its heap is
+not kept in transparent huge pages: they split back into 4 KiB pages within a few
+calls, as the zygote writes pages its child shares; bench/RESULTS.md.)
 
 Two channels join the pool process (P), the zygote (Z) and its current child (C)::
 
@@ -51,25 +52,21 @@ _REQUEST, _STARTED, _KILL, _READY, _STATUS = b"Q", b"A", b"K", b"H", b"S"
 _RESENDS = 3  # a request whose child died before starting it goes to the next one, so often
 _START_TIMEOUT = 60.0  # seconds a zygote may take to import the App's module
 _EXIT_NICENESS = 19  # a child that has answered exits at the lowest priority (see `_child`)
-_HUGE_PAGES = {"PYTHONMALLOC": "malloc", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 
 
 class Zygote:
     """The pool process's side: starts the fork server and runs calls through it."""
 
-    def __init__(self, app_path: str, *, huge_pages: bool = True) -> None:
+    def __init__(self, app_path: str) -> None:
         self.app_path = app_path
         control, self._control = socket.socketpair()
         data, self._data = socket.socketpair()
-        env = {**os.environ, **(_HUGE_PAGES if huge_pages else {})}
         # -c, not -m: graftq imports this module, and runpy would warn about a second copy;
         # its first lines record the at-fork hooks of all it imports (see rawfork)
         entry = rawfork.RECORD + "from graftq.tasks.isolation.zygote import main; main(hooks)"
         command = [sys.executable, "-c", entry, app_path, str(control.fileno()), str(data.fileno())]
         try:
-            self._process = subprocess.Popen(
-                command, pass_fds=(control.fileno(), data.fileno()), env=env
-            )
+            self._process = subprocess.Popen(command, pass_fds=(control.fileno(), data.fileno()))
         finally:
             control.close()
             data.close()
