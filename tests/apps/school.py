@@ -160,6 +160,12 @@ def make_app(name: str = "school") -> App:
         return len(message)
 
     @app.register
+    def murmur(message: str) -> int:
+        """Logs at INFO from inside the isolated body."""
+        logging.getLogger("tests.apps.school").info("murmur says %s", message)
+        return len(message)
+
+    @app.register
     def niceness() -> int:
         """The scheduling priority the body runs at."""
         return os.getpriority(os.PRIO_PROCESS, 0)

@@ -64,7 +64,9 @@ class Zygote:
         # -c, not -m: graftq imports this module, and runpy would warn about a second copy;
         # its first lines record the at-fork hooks of all it imports (see rawfork)
         entry = rawfork.RECORD + "from graftq.tasks.isolation.zygote import main; main(hooks)"
+        level = str(logging.getLogger().getEffectiveLevel())  # a child's own change costs it
         command = [sys.executable, "-c", entry, app_path, str(control.fileno()), str(data.fileno())]
+        command.append(level)
         try:
             self._process = subprocess.Popen(command, pass_fds=(control.fileno(), data.fileno()))
         finally:
@@ -234,7 +236,11 @@ def _drain(sock: socket.socket) -> tuple[bytes, bytes] | None:
 
 
 def _serve(
-    app_path: str, control: socket.socket, data: socket.socket, hooks: list[rawfork.Phases]
+    app_path: str,
+    control: socket.socket,
+    data: socket.socket,
+    hooks: list[rawfork.Phases],
+    log_level: int,
 ) -> None:
     """Import the App's module, then fork one child per call, each ahead of demand."""
     prctl = process.libc_prctl()
@@ -250,6 +256,9 @@ def _serve(
     process.neutralize_sockets(data.fileno(), control.fileno())
     isolate_stores()
     output.forward(data)
+    # P's level, set here once: setLevel clears every logger's cache, a write to each
+    # logger that a child would otherwise make (and copy the pages of) on every call
+    logging.getLogger().setLevel(log_level)
     forker = rawfork.Forker(hooks)
     send(control, _READY, b"")
     while True:
@@ -367,10 +376,10 @@ def _call(app: Any, request: bytes) -> Any:
 
 
 def main(hooks: list[rawfork.Phases]) -> None:
-    """The zygote process: ``python -c "..." MODULE:ATTR CONTROL_FD DATA_FD``; `hooks` are
-    the at-fork hooks registered since its first line."""
+    """The zygote process: ``python -c "..." MODULE:ATTR CONTROL_FD DATA_FD LOG_LEVEL``;
+    `hooks` are the at-fork hooks registered since its first line."""
     app_path, control_fd, data_fd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     control = socket.socket(fileno=control_fd)
     data = socket.socket(fileno=data_fd)
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the pool process left
-        _serve(app_path, control, data, hooks)
+        _serve(app_path, control, data, hooks, int(sys.argv[4]))

@@ -123,6 +123,27 @@ def test_what_the_body_logs_and_prints_reaches_the_caller(
     assert "chatty prints hello-zygote" in capsys.readouterr().out
 
 
+def test_the_callers_log_level_reaches_the_body(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The level the zygote starts with, and a level the caller sets later."""
+    monkeypatch.setenv("GRAFTQ_REDIS_URL", redis_url)
+    with caplog.at_level(logging.INFO):
+        server = Zygote(APP)  # starts at INFO
+    try:
+        with caplog.at_level(logging.INFO):
+            call(server, "murmur", message="at start")
+        with caplog.at_level(logging.ERROR):
+            call(server, "murmur", message="raised")
+        with caplog.at_level(logging.INFO):
+            call(server, "murmur", message="lowered again")
+    finally:
+        server.close()
+
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("murmur")]
+    assert said == ["murmur says at start", "murmur says lowered again"]
+
+
 def test_a_spare_child_that_died_idle_takes_no_call_with_it(zygote: Zygote) -> None:
     assert call(zygote, "bonus", student_age=1, bonus_amount=1.0) == 1.0
     wait_until(lambda: len(children_of(zygote.pid)) == 1, 30, "the next spare child is forked")
