@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from uuid import uuid4
 
 import pydantic
@@ -18,6 +19,8 @@ import redis
 from graftq.devserver import RedisServer
 from graftq.errors import InvalidEntity
 from graftq.registry.store import EntityRegistry
+from graftq.settings import Settings
+from graftq.worker.connections import redis_client
 from tests.apps.school import Address, Counter, Student
 from tests.integration.registry.helpers import snapshot
 from tests.proxy import CuttingProxy
@@ -118,7 +121,14 @@ def test_two_new_entities_of_one_commit_cannot_swap_ids(reg: EntityRegistry) -> 
         reg.commit([first, second])
 
 
-# -- a lost EXEC reply -------------------------------------------------------------------
+# -- a lost reply ------------------------------------------------------------------------
+
+# A plain redis-py client, and the client an App gives its store, which sends WATCH and
+# its MGET in one round trip (`graftq.worker.connections`).
+CLIENTS: dict[str, Callable[[str], redis.Redis]] = {
+    "redis-py": lambda url: redis.Redis.from_url(url, decode_responses=True),
+    "store client": lambda url: redis_client(url, Settings(redis_url=url)),
+}
 
 
 @pytest.fixture
@@ -127,11 +137,28 @@ def proxy(redis_server: RedisServer, redis_url: str) -> CuttingProxy:
         yield running
 
 
-@pytest.fixture
-def proxied(proxy: CuttingProxy) -> EntityRegistry:
-    client = redis.Redis.from_url(proxy.url, decode_responses=True)
+@pytest.fixture(params=sorted(CLIENTS))
+def proxied(proxy: CuttingProxy, request: pytest.FixtureRequest) -> EntityRegistry:
+    client = CLIENTS[request.param](proxy.url)
     yield EntityRegistry(client)
     client.close()
+
+
+@pytest.mark.parametrize("proxied", ["store client"], indirect=True)  # redis-py's: no retry
+def test_a_reply_lost_before_the_watch_is_answered_is_tried_again(
+    proxied: EntityRegistry, proxy: CuttingProxy, reg: EntityRegistry
+) -> None:
+    counter = proxied.put(Counter(value=1))
+    counter.value = 2
+    proxy.cut_next(b"WATCH")
+
+    committed = proxied.put(counter)
+
+    assert proxy.cuts == 1
+    assert [version.value for version in reg.history(counter.lineage_id)] == [1, 2]
+    committed.value = 3  # the connection is clean: the next commit reads its own replies
+    assert proxied.put(committed).value == 3
+    assert reg.head(counter.lineage_id).value == 3
 
 
 def test_lost_exec_reply_of_a_new_version_is_read_back(

@@ -1,9 +1,8 @@
 """The store's commit is two round trips on the store's own client (SPEC 5, issue 9).
 
 WATCH and the MGET of what the decision rests on go out together, then one
-MULTI…EXEC: redis-py's `watch()` followed by `mget()` took a round trip each. A
-connection that drops before the WATCH is answered is tried once more on a fresh
-one, as redis-py does for WATCH, and leaves no reply behind for the next command.
+MULTI…EXEC: redis-py's `watch()` followed by `mget()` took a round trip each. (Lost
+replies on that path: `tests/integration/registry/test_commit_integrity.py`.)
 """
 
 from __future__ import annotations
@@ -13,12 +12,10 @@ from typing import Any
 
 import pytest
 
-from graftq.devserver import RedisServer
 from graftq.registry.store import EntityRegistry
 from graftq.settings import Settings
 from graftq.worker.connections import redis_client
 from tests.apps.school import Counter
-from tests.proxy import CuttingProxy
 
 
 @pytest.fixture
@@ -56,48 +53,3 @@ def test_a_commit_is_two_round_trips(
     assert b"MULTI" in batches[1] and b"EXEC" in batches[1]
     assert store.head(stored.lineage_id).ecs_id == committed.ecs_id
     assert committed.value == 2 and committed.parent_id == stored.ecs_id
-
-
-@pytest.fixture
-def proxy(redis_server: RedisServer, redis_url: str) -> Iterator[CuttingProxy]:
-    with CuttingProxy(redis_server.port) as running:
-        yield running
-
-
-@pytest.fixture
-def proxied(proxy: CuttingProxy) -> Iterator[EntityRegistry]:
-    """The store's own client, through the proxy."""
-    client = redis_client(proxy.url, Settings(redis_url=proxy.url))
-    yield EntityRegistry(client)
-    client.close()
-
-
-def test_a_reply_lost_before_the_watch_is_answered_is_tried_again(
-    proxied: EntityRegistry, proxy: CuttingProxy, store: EntityRegistry
-) -> None:
-    counter = proxied.put(Counter(value=1))
-    counter.value = 2
-    proxy.cut_next(b"WATCH", b"MGET")
-
-    committed = proxied.put(counter)
-
-    assert proxy.cuts == 1
-    assert store.head(counter.lineage_id).ecs_id == committed.ecs_id
-    assert [v.value for v in store.history(counter.lineage_id)] == [1, 2]
-    committed.value = 3  # the connection is clean: the next commit reads its own replies
-    assert proxied.put(committed).value == 3
-    assert [v.value for v in store.history(counter.lineage_id)] == [1, 2, 3]
-
-
-def test_a_lost_exec_reply_after_a_batched_watch_is_read_back(
-    proxied: EntityRegistry, proxy: CuttingProxy, store: EntityRegistry
-) -> None:
-    counter = proxied.put(Counter(value=1))
-    counter.value = 2
-    proxy.cut_next_exec()
-
-    committed = proxied.put(counter)
-
-    assert proxy.cuts == 1
-    assert committed.value == 2 and committed.parent_id == counter.ecs_id
-    assert [v.value for v in store.history(counter.lineage_id)] == [1, 2]
