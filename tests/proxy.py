@@ -3,8 +3,8 @@
 `cut_next_exec()` arms it: the next client write holding MULTI ... EXEC is forwarded,
 the server's reply is read (so the transaction has run) and dropped, and the client's
 connection is closed. The client sees a dropped connection for a commit that happened:
-the "ambiguous EXEC" of SPEC section 5. `cut_next(*markers)` does the same to the next
-write holding all of `markers`.
+the "ambiguous EXEC" of SPEC section 5. `cut_next(*markers, keep=n)` does the same to the
+next write holding all of `markers`, passing on the first `n` bytes of the reply.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ class CuttingProxy:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._armed: tuple[bytes, ...] = ()
+        self._keep = 0
         self.cuts = 0
         self._sockets: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
@@ -35,9 +36,9 @@ class CuttingProxy:
     def cut_next_exec(self) -> None:
         self.cut_next(b"MULTI", b"EXEC")
 
-    def cut_next(self, *markers: bytes) -> None:
+    def cut_next(self, *markers: bytes, keep: int = 0) -> None:
         with self._lock:
-            self._armed = markers
+            self._armed, self._keep = markers, keep
 
     def __enter__(self) -> Self:
         self._spawn(self._accept)
@@ -75,28 +76,27 @@ class CuttingProxy:
             except OSError:
                 return
             server = socket.create_connection(("127.0.0.1", self.upstream_port))
-            cut = threading.Event()
+            cut: list[int] = []  # set: the bytes of the reply still to pass on
             self._spawn(self._upstream, self._track(client), self._track(server), cut)
             self._spawn(self._downstream, server, client, cut)
 
-    def _upstream(self, client: socket.socket, server: socket.socket, cut: threading.Event) -> None:
+    def _upstream(self, client: socket.socket, server: socket.socket, cut: list[int]) -> None:
         with contextlib.suppress(OSError):
             while chunk := client.recv(65536):
                 with self._lock:
                     if self._armed and all(marker in chunk for marker in self._armed):
                         self._armed = ()
-                        cut.set()
+                        cut.append(self._keep)
                 server.sendall(chunk)
         with contextlib.suppress(OSError):
             server.shutdown(socket.SHUT_WR)
 
-    def _downstream(
-        self, server: socket.socket, client: socket.socket, cut: threading.Event
-    ) -> None:
+    def _downstream(self, server: socket.socket, client: socket.socket, cut: list[int]) -> None:
         with contextlib.suppress(OSError):
             while chunk := server.recv(65536):
-                if cut.is_set():  # the whole transaction ran; its reply never arrives
+                if cut:  # the whole batch ran; its reply (but `keep` bytes) never arrives
                     self.cuts += 1
+                    client.sendall(chunk[: cut[0]])
                     break
                 client.sendall(chunk)
         with contextlib.suppress(OSError):

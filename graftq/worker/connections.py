@@ -80,9 +80,10 @@ def _reachable_client_class() -> type[redis.Redis]:
         def watch_and_read(self, watched: Sequence[str], keys: Sequence[str]) -> list[Any]:
             """``WATCH watched`` then ``MGET keys``, sent together: one round trip where
             `watch` and then `mget` take two. The pipeline is left watching on its own
-            connection, as after `watch`, for `multi` and `execute`. A dropped connection
-            is tried once more on a fresh one (as redis-py does for WATCH); nothing is
-            watched until the WATCH's reply has been read."""
+            connection, as after `watch`, for `multi` and `execute`. As redis-py does for
+            these commands: a connection dropped before the WATCH is answered is tried once
+            more on a fresh one; dropped after it, it is a WatchError (the caller re-plans).
+            """
             if self.watching or self.explicit_transaction:
                 raise redis.RedisError("watch_and_read must come before any WATCH or MULTI")
             packed = [("WATCH", *watched), ("MGET", *keys)]
@@ -96,9 +97,12 @@ def _reachable_client_class() -> type[redis.Redis]:
                         self.watching = True
                         values: list[Any] = conn.read_response()
                         return values
-                    except (redis.ConnectionError, redis.TimeoutError):
+                    except redis.ConnectionError:  # as the client's Retry: not a timeout
                         conn.disconnect()  # a half-read reply must not meet the next command
-                        if self.watching or not tries_left:
+                        if self.watching:  # the WATCH is gone with it: as redis-py, re-plan
+                            self.reset()
+                            raise redis.WatchError("connection dropped while watching") from None
+                        if not tries_left:
                             raise
                     except BaseException:
                         conn.disconnect()

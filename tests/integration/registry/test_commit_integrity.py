@@ -161,6 +161,21 @@ def test_a_reply_lost_before_the_watch_is_answered_is_tried_again(
     assert reg.head(counter.lineage_id).value == 3
 
 
+@pytest.mark.parametrize("proxied", ["store client"], indirect=True)
+def test_a_connection_dropped_while_watching_re_plans_the_commit(
+    proxied: EntityRegistry, proxy: CuttingProxy, reg: EntityRegistry
+) -> None:
+    counter = proxied.put(Counter(value=1))
+    counter.value = 2
+    proxy.cut_next(b"WATCH", keep=len(b"+OK\r\n"))  # WATCH answered, its MGET's reply lost
+
+    committed = proxied.put(counter)
+
+    assert proxy.cuts == 1
+    assert committed.value == 2 and committed.parent_id == counter.ecs_id
+    assert [version.value for version in reg.history(counter.lineage_id)] == [1, 2]
+
+
 def test_lost_exec_reply_of_a_new_version_is_read_back(
     proxied: EntityRegistry, proxy: CuttingProxy, reg: EntityRegistry
 ) -> None:
