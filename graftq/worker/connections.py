@@ -105,6 +105,7 @@ def _reachable_client_class() -> type[redis.Redis]:
                         if not tries_left:
                             raise
                     except BaseException:
+                        self.watching = False  # the WATCH goes with the connection
                         conn.disconnect()
                         raise
             raise AssertionError("unreachable")  # pragma: no cover

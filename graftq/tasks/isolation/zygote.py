@@ -64,11 +64,11 @@ class Zygote:
         # -c, not -m: graftq imports this module, and runpy would warn about a second copy;
         # its first lines record the at-fork hooks of all it imports (see rawfork)
         entry = rawfork.RECORD + "from graftq.tasks.isolation.zygote import main; main(hooks)"
-        level = str(logging.getLogger().getEffectiveLevel())  # a child's own change costs it
-        command = [sys.executable, "-c", entry, app_path, str(control.fileno()), str(data.fileno())]
-        command.append(level)
+        fds = (control.fileno(), data.fileno())
+        level = logging.getLogger().getEffectiveLevel()  # set once in the zygote (`_serve`)
+        command = [sys.executable, "-c", entry, app_path, *map(str, (*fds, level))]
         try:
-            self._process = subprocess.Popen(command, pass_fds=(control.fileno(), data.fileno()))
+            self._process = subprocess.Popen(command, pass_fds=fds)
         finally:
             control.close()
             data.close()
