@@ -27,7 +27,7 @@ import contextlib
 import functools
 import sys
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from graftq.errors import Unreachable
 from graftq.settings import Settings
@@ -80,35 +80,38 @@ def _reachable_client_class() -> type[redis.Redis]:
         def watch_and_read(self, watched: Sequence[str], keys: Sequence[str]) -> list[Any]:
             """``WATCH watched`` then ``MGET keys``, sent together: one round trip where
             `watch` and then `mget` take two. The pipeline is left watching on its own
-            connection, as after `watch`, for `multi` and `execute`. As redis-py does for
-            these commands: a connection dropped before the WATCH is answered is tried once
-            more on a fresh one; dropped after it, it is a WatchError (the caller re-plans).
+            connection, as after `watch`, for `multi` and `execute`. Failures as in
+            redis-py's `watch`: the connection's own retry before the WATCH is answered;
+            a connection dropped after it is a WatchError (the caller re-plans).
             """
             if self.watching or self.explicit_transaction:
                 raise redis.RedisError("watch_and_read must come before any WATCH or MULTI")
-            packed = [("WATCH", *watched), ("MGET", *keys)]
-            with reachable(self.graftq_settings):
-                for tries_left in (1, 0):
-                    conn: Any = self.connection or self.connection_pool.get_connection()
-                    self.connection = conn
-                    try:
-                        conn.send_packed_command(conn.pack_commands(packed))
-                        conn.read_response()
-                        self.watching = True
-                        values: list[Any] = conn.read_response()
-                        return values
-                    except redis.ConnectionError:  # as the client's Retry: not a timeout
-                        conn.disconnect()  # a half-read reply must not meet the next command
-                        if self.watching:  # the WATCH is gone with it: as redis-py, re-plan
-                            self.reset()
-                            raise redis.WatchError("connection dropped while watching") from None
-                        if not tries_left:
-                            raise
-                    except BaseException:
-                        self.watching = False  # the WATCH goes with the connection
-                        conn.disconnect()
-                        raise
-            raise AssertionError("unreachable")  # pragma: no cover
+            with reachable(self.graftq_settings):  # getting a connection connects it
+                conn: Any = self.connection or self.connection_pool.get_connection()
+                self.connection = conn
+                packed = conn.pack_commands([("WATCH", *watched), ("MGET", *keys)])
+
+                def send() -> list[Any]:
+                    conn.send_packed_command(packed)
+                    conn.read_response()
+                    self.watching = True
+                    values: list[Any] = conn.read_response()
+                    return values
+
+                def dropped(error: Exception) -> None:
+                    conn.disconnect()  # a half-read reply must not meet the next command
+                    if self.watching:  # the WATCH went with it
+                        self.reset()
+                        raise redis.WatchError("connection dropped while watching") from error
+
+                try:
+                    return cast(list[Any], conn.retry.call_with_retry(send, dropped))
+                except redis.WatchError:
+                    raise
+                except BaseException:  # not retried (a timeout, an error reply): start clean
+                    self.watching = False
+                    conn.disconnect()
+                    raise
 
     class ReachableRedis(redis.Redis):
         graftq_settings: Settings
