@@ -30,17 +30,17 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import logging
 import os
 import pickle
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from graftq.errors import IsolationError, TimeLimitExceeded
 from graftq.registry.overlay import isolate_stores
@@ -52,6 +52,18 @@ _REQUEST, _STARTED, _KILL, _READY, _STATUS = b"Q", b"A", b"K", b"H", b"S"
 _RESENDS = 3  # a request whose child died before starting it goes to the next one, so often
 _START_TIMEOUT = 60.0  # seconds a zygote may take to import the App's module
 _EXIT_NICENESS = 19  # a child that has answered exits at the lowest priority (see `_child`)
+# A status: pid, wait status, whether a request was left unread. Binary, not JSON: the
+# zygote sends one per call, and every object its code touches is a page it copies.
+_REPORT = struct.Struct("!ii?")
+
+
+class Ended(NamedTuple):
+    """The zygote's word on a child that ended."""
+
+    pid: int
+    status: int  # as os.waitpid gives it
+    unread: bool  # it left a request unread (it died before taking it)
+    killed: bool = False  # P asked for it to be killed (its time limit passed)
 
 
 class Zygote:
@@ -109,30 +121,29 @@ class Zygote:
         send(self._data, _REQUEST, request)
         deadline = None if time_limit is None else time.monotonic() + time_limit
         try:
-            frame, status = self._collect(deadline, request)
+            outcome = self._collect(deadline, request)
         except BaseException:  # e.g. Celery's soft time limit: the child must not outlive us
             self._abandon()
             raise
-        if frame is None:
-            where = f"isolated call {name} (zygote child pid {status['pid']})"
-            if status["killed"]:
+        if isinstance(outcome, Ended):
+            where = f"isolated call {name} (zygote child pid {outcome.pid})"
+            if outcome.killed:
                 raise TimeLimitExceeded(
                     f"{where} exceeded its time limit of {time_limit}s and was stopped"
                 )
-            raise IsolationError(f"{where} {_describe(status['status'])} before sending a result")
-        kind, payload = frame
+            raise IsolationError(f"{where} {_describe(outcome.status)} before sending a result")
+        kind, payload = outcome
         if kind == process.RESULT:
             return encoding.loads(payload, pickles=True)  # from our own child
         raise process.remote_error(payload, f"isolated call {name}") from None
 
-    def _status(self) -> dict[str, Any]:
+    def _status(self) -> Ended:
         """The zygote's status of the child that ended; a silent zygote is stopped."""
         self._owed = False
         if _readable([self._control], _START_TIMEOUT):
             kind, payload = receive(self._control)
             if kind == _STATUS:
-                status: dict[str, Any] = json.loads(payload)
-                return status
+                return Ended(*_REPORT.unpack(payload))
         self._process.kill()
         self.close()
         raise IsolationError(f"the zygote for {self.app_path} stopped answering; it was killed")
@@ -155,10 +166,8 @@ class Zygote:
             )
         self._ready = True
 
-    def _collect(
-        self, deadline: float | None, request: bytes
-    ) -> tuple[Frame | None, dict[str, Any]]:
-        """The child's frame, or none and the zygote's status of the child.
+    def _collect(self, deadline: float | None, request: bytes) -> Frame | Ended:
+        """The child's frame, or the zygote's status of a child that ended without one.
 
         With a frame, the child's status is left to be read before the next request
         (the child has ended its call; its exit is no reason to wait). A request its
@@ -179,18 +188,17 @@ class Zygote:
                     started = True
                     continue
                 self._owed = True
-                return frame, {}
+                return frame
             if self._control in readable:
                 status = self._status()
-                if not (started or status["unread"]):  # a spare died idle: not our call
+                if not (started or status.unread):  # a spare died idle: not our call
                     continue
                 if not (started or killed) and resent < _RESENDS:  # it died before taking it
                     send(self._data, _REQUEST, request)
                     resent += 1
                     continue
                 frame = _drain(self._data)  # the child may have written just before it ended
-                status["killed"] = killed and frame is None
-                return frame, status
+                return frame or status._replace(killed=killed)
 
 
 def _readable(sources: list[Any], timeout: float | None) -> list[Any]:
@@ -264,7 +272,7 @@ def _serve(
     while True:
         pid = forker.fork()
         if pid == 0:
-            control.close()
+            os.close(control.detach())  # close() runs Python code: pages to copy (see `_child`)
             _child(data, app)
         if not _supervise(pid, control, data):
             return
@@ -287,8 +295,7 @@ def _supervise(pid: int, control: socket.socket, data: socket.socket) -> bool:
     process.sweep()  # whatever the child left is ours now (a subreaper): kill it
     unread = _discard_unread(data)
     if alive:
-        report = {"pid": pid, "status": status, "unread": unread}
-        send(control, _STATUS, json.dumps(report).encode())
+        send(control, _STATUS, _REPORT.pack(pid, status, unread))
     return alive
 
 
@@ -315,15 +322,22 @@ def _stop(pid: int) -> None:
 
 
 def _child(data: socket.socket, app: Any) -> NoReturn:
-    """A spare child: wait for a request, run it isolated, send one frame, ``os._exit``."""
+    """A spare child: wait for a request, run it isolated, send one frame, ``os._exit``.
+
+    Its first write to any page it shares with the zygote is a page copy (a few µs on a
+    VM), and most of its CPU: so around the call it sticks to plain calls rather than
+    helpers that run more Python (no context managers, no JSON).
+    """
     code = process.EXIT_FAILED
     try:
         prctl = process.libc_prctl()
         if prctl is not None:
             prctl(process.PR_SET_PDEATHSIG, int(signal.SIGKILL))
             prctl(process.PR_SET_CHILD_SUBREAPER, 1)
-        with contextlib.suppress(OSError):
+        try:
             os.setpgid(0, 0)
+        except OSError:
+            pass
         if not data.recv(1, socket.MSG_PEEK):  # P is gone: no call came
             os._exit(0)
         send(data, _STARTED, b"")  # before taking the request: see the module docstring
