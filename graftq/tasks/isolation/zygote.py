@@ -45,7 +45,7 @@ from typing import Any, NamedTuple, NoReturn
 from graftq.errors import IsolationError, TimeLimitExceeded
 from graftq.registry.overlay import isolate_stores
 from graftq.tasks import encoding
-from graftq.tasks.isolation import output, process, rawfork
+from graftq.tasks.isolation import output, process, rawfork, rehearsal
 from graftq.tasks.isolation.process import Frame, receive, send
 
 _REQUEST, _STARTED, _KILL, _READY, _STATUS = b"Q", b"A", b"K", b"H", b"S"
@@ -268,12 +268,13 @@ def _serve(
     # logger that a child would otherwise make (and copy the pages of) on every call
     logging.getLogger().setLevel(log_level)
     forker = rawfork.Forker(hooks)
+    sample = _request("", "", rehearsal.arguments())
     send(control, _READY, b"")
     while True:
         pid = forker.fork()
         if pid == 0:
             os.close(control.detach())  # close() runs Python code: pages to copy (see `_child`)
-            _child(data, app)
+            _child(data, app, sample)
         if not _supervise(pid, control, data):
             return
 
@@ -321,12 +322,13 @@ def _stop(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def _child(data: socket.socket, app: Any) -> NoReturn:
-    """A spare child: wait for a request, run it isolated, send one frame, ``os._exit``.
+def _child(data: socket.socket, app: Any, sample: bytes) -> NoReturn:
+    """A spare child: rehearse, wait for a request, run it isolated, send one frame, exit.
 
     Its first write to any page it shares with the zygote is a page copy (a few µs on a
     VM), and most of its CPU: so around the call it sticks to plain calls rather than
-    helpers that run more Python (no context managers, no JSON).
+    helpers that run more Python (no context managers, no JSON), and it makes the copies
+    the call's way in and out needs before the call comes (`rehearsal`, on `sample`).
     """
     code = process.EXIT_FAILED
     try:
@@ -338,6 +340,7 @@ def _child(data: socket.socket, app: Any) -> NoReturn:
             os.setpgid(0, 0)
         except OSError:
             pass
+        rehearsal.rehearse(sample)
         if not data.recv(1, socket.MSG_PEEK):  # P is gone: no call came
             os._exit(0)
         send(data, _STARTED, b"")  # before taking the request: see the module docstring

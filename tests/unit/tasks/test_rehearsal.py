@@ -1,0 +1,17 @@
+"""A spare child's rehearsal (`rehearsal`): the request and result path, run for real.
+
+A spare runs it before its request arrives and ignores its outcome (it is there only to
+make the page copies a call would make), so these tests are what notices it breaking.
+"""
+
+from __future__ import annotations
+
+from graftq.tasks import encoding
+from graftq.tasks.isolation import process, rehearsal, zygote
+
+
+def test_the_rehearsal_unpickles_the_request_and_encodes_its_arguments() -> None:
+    arguments = rehearsal.arguments()
+    kind, payload = rehearsal.rehearse(zygote._request("", "", arguments))
+    assert kind == process.RESULT, payload
+    assert encoding.loads(payload, pickles=True) == arguments
