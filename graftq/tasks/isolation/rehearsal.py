@@ -41,11 +41,16 @@ def arguments() -> dict[str, Any]:
     return {"sample": Sample(id=uuid.uuid4(), at=dt.datetime.now(dt.UTC), tags=["a"])}
 
 
-def rehearse(raw: bytes) -> process.Frame:
-    """Unpickle the request `raw` and encode its arguments back, as a call does; the frame
-    that would be sent."""
+def rehearse(raw: bytes) -> bytes:
+    """Unpickle the request `raw`, encode its arguments back and clean up, as a call does;
+    the frame that would be sent."""
 
     def arguments() -> Any:
         return pickle.loads(raw)[1]
 
-    return process.run_framed(arguments, lambda value: encoding.dumps(value, pickles=True), None)
+    kind, payload = process.run_framed(
+        arguments, lambda value: encoding.dumps(value, pickles=True), None
+    )
+    process.sweep()
+    process.flush_std()
+    return process.HEADER.pack(kind, len(payload)) + payload

@@ -12,6 +12,8 @@ from graftq.tasks.isolation import process, rehearsal, zygote
 
 def test_the_rehearsal_unpickles_the_request_and_encodes_its_arguments() -> None:
     arguments = rehearsal.arguments()
-    kind, payload = rehearsal.rehearse(zygote._request("", "", arguments))
-    assert kind == process.RESULT, payload
-    assert encoding.loads(payload, pickles=True) == arguments
+    frame = bytearray(rehearsal.rehearse(zygote._request("", "", arguments)))
+    assert process.complete(frame)
+    kind, _ = process.HEADER.unpack_from(frame)
+    assert kind == process.RESULT, frame
+    assert encoding.loads(bytes(frame[process.HEADER.size :]), pickles=True) == arguments
