@@ -1,13 +1,13 @@
 """A spare child's rehearsal: the request and result path run once on sample data.
 
 A zygote's child shares every page with the zygote until it writes to it, and its first
-write to each is a page copy: ≈ 300 of them for one call here, at a few µs each on a VM,
+write to each is a page copy: ≈ 370 of them for one call here, at a few µs each on a VM,
 most of them on the way in (unpickling the arguments) and out (encoding the result) —
 the reference counts, caches and code of pickle, pydantic and `encoding`. A spare child
 has time before its request arrives (it was forked while the previous call committed),
 so it runs that path once on a sample request first (`rehearse`): the call then finds
-those pages already its own. bench/RESULTS.md (issue 9): the call's own copies 300 → 75,
-its time ≈ 0.85 → 0.27 ms, for ≈ 0.05 ms more CPU in all.
+those pages already its own. bench/RESULTS.md (issue 9): the call's own copies 370 → 90,
+its CPU ≈ 1 → 0.3 ms, for ≈ 0.1 ms more CPU in all.
 
 Only graftq's own code runs: the sample is a model of this module's, never a class or
 function of the App's.
