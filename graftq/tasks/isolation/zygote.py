@@ -341,7 +341,10 @@ def _child(data: socket.socket, app: Any, sample: bytes) -> NoReturn:
         except OSError:
             pass
         if not _readable([data], 0):  # with a request waiting, rehearsing would delay it
-            rehearsal.rehearse(sample)
+            try:
+                rehearsal.rehearse(sample)
+            except Exception:  # it only prepares pages: were it to fail, no call may
+                pass
         if not data.recv(1, socket.MSG_PEEK):  # P is gone: no call came
             os._exit(0)
         send(data, _STARTED, b"")  # before taking the request: see the module docstring

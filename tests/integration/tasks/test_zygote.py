@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import pytest
 from graftq import IsolationError, TimeLimitExceeded
 from graftq.tasks.isolation.zygote import Zygote
 from graftq.worker.pool import APP_VARIABLE, ForkServer
+from tests.apps import unrehearsed
 from tests.apps.forkhooks import app as forkhooks
 from tests.apps.school import Student, make_app
 from tests.apps.school import app as school
@@ -197,3 +199,21 @@ def test_the_apps_at_fork_hooks_run_once_in_each_child(
 
     assert [state["hook_runs"] for state in states] == [1, 1, 1]
     assert len({state["random"] for state in states}) == 3  # random reseeded in every child
+
+
+def test_a_spare_whose_rehearsal_fails_still_serves(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the rehearsal only prepares pages: a spare must take its call whatever becomes of it
+    monkeypatch.setenv("GRAFTQ_REDIS_URL", redis_url)
+    monkeypatch.setenv(unrehearsed.BREAK, "1")
+    server = Zygote("tests.apps.unrehearsed:app")
+    try:
+        version = unrehearsed.app.callables["double"].version
+        doubled = []
+        for x in (1, 2):
+            time.sleep(0.5)  # the spare is waiting, so it rehearses: there is no request yet
+            doubled.append(server.run("double", version, {"x": x}, time_limit=20))
+        assert doubled == [2, 4]
+    finally:
+        server.close()
