@@ -26,7 +26,14 @@ from tests.apps import unrehearsed
 from tests.apps.forkhooks import app as forkhooks
 from tests.apps.school import Student, make_app
 from tests.apps.school import app as school
-from tests.processes import children_of, lives, read_proc, running_calls, wait_until
+from tests.processes import (
+    children_of,
+    lives,
+    name_of,
+    read_proc,
+    running_calls,
+    wait_until,
+)
 
 APP = "tests.apps.school:app"
 
@@ -204,16 +211,25 @@ def test_the_apps_at_fork_hooks_run_once_in_each_child(
 def test_a_spare_whose_rehearsal_fails_still_serves(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # the rehearsal only prepares pages: a spare must take its call whatever becomes of it
+    # the rehearsal only prepares pages: whatever becomes of it, the spare waits for its
+    # call and takes it (were it to die instead, the zygote would fork spare after spare)
     monkeypatch.setenv("GRAFTQ_REDIS_URL", redis_url)
     monkeypatch.setenv(unrehearsed.BREAK, "1")
     server = Zygote("tests.apps.unrehearsed:app")
     try:
         version = unrehearsed.app.callables["double"].version
-        doubled = []
-        for x in (1, 2):
-            time.sleep(0.5)  # the spare is waiting, so it rehearses: there is no request yet
-            doubled.append(server.run("double", version, {"x": x}, time_limit=20))
+        doubled = [server.run("double", version, {"x": 1}, time_limit=20)]
+
+        # the one child left is a spare (a child that took a call is named graftq-call)
+        def spares() -> list[int]:
+            children = children_of(server.pid)
+            return children if [name_of(pid) for pid in children] == ["graftq-zygote"] else []
+
+        wait_until(spares, 10, "the zygote's next spare, alone")
+        spare = spares()
+        time.sleep(0.3)  # were a failed rehearsal to end it, others would have come and gone
+        assert children_of(server.pid) == spare
+        doubled.append(server.run("double", version, {"x": 2}, time_limit=20))
         assert doubled == [2, 4]
     finally:
         server.close()
