@@ -42,8 +42,10 @@ def arguments() -> dict[str, Any]:
 
 
 def rehearse(raw: bytes) -> bytes:
-    """Unpickle the request `raw`, encode its arguments back and clean up, as a call does;
-    the frame that would be sent."""
+    """Unpickle the request `raw`, encode its arguments back and flush, as a call does;
+    the frame that would be sent. (A call's end also sweeps its processes: the spare
+    rehearses that itself, as nothing else may — `process.sweep` kills every descendant
+    of the process that calls it.)"""
 
     def arguments() -> Any:
         return pickle.loads(raw)[1]
@@ -51,6 +53,5 @@ def rehearse(raw: bytes) -> bytes:
     kind, payload = process.run_framed(
         arguments, lambda value: encoding.dumps(value, pickles=True), None
     )
-    process.sweep()
     process.flush_std()
     return process.HEADER.pack(kind, len(payload)) + payload
