@@ -20,10 +20,11 @@ reaps it, kills anything left, throws away a request no child read (its child di
 first), tells P how the child ended and whether it left a request unread, and forks
 the next. P reads that status before its next request, so no request can reach a
 child it was not meant for; a status that is neither about a started child nor about
-an unread request is a spare that died idle, and P goes on waiting. On a time limit P asks Z to kill
-C. What the body logs or prints travels to P as it happens and is logged there, in
-the job's context, as if the body had run in P (a direct fork inherits P's logging).
-Z dies with P, C with Z (PDEATHSIG).
+an unread request is a spare that died idle, and P goes on waiting — for a few, then
+it stops the zygote (its App's module kills every child, say) and fails the call. On a
+time limit P asks Z to kill C. What the body logs or prints travels to P as it happens
+and is logged there, in the job's context, as if the body had run in P (a direct fork
+inherits P's logging). Z dies with P, C with Z (PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from graftq.tasks.isolation.process import Frame, receive, send
 
 _REQUEST, _STARTED, _KILL, _READY, _STATUS = b"Q", b"A", b"K", b"H", b"S"
 _RESENDS = 3  # a request whose child died before starting it goes to the next one, so often
+_IDLE_DEATHS = 5  # spares that die before taking a call, in a row, before the zygote is stopped
 _START_TIMEOUT = 60.0  # seconds a zygote may take to import the App's module
 _EXIT_NICENESS = 19  # a child that has answered exits at the lowest priority (see `_child`)
 # A status: pid, wait status, whether a request was left unread. Binary, not JSON: the
@@ -172,10 +174,11 @@ class Zygote:
         With a frame, the child's status is left to be read before the next request
         (the child has ended its call; its exit is no reason to wait). A request its
         child died without starting (a spare killed from outside) never ran: it goes to
-        the next child.
+        the next child — a few times; when no child lives to take it, the zygote is
+        stopped and the call fails (`_stillborn`).
         """
         killed = started = False
-        resent = 0
+        resent = idle_deaths = 0
         while True:
             wait = None if deadline is None or killed else max(0.0, deadline - time.monotonic())
             readable = _readable([self._data, self._control], wait)
@@ -192,13 +195,28 @@ class Zygote:
             if self._control in readable:
                 status = self._status()
                 if not (started or status.unread):  # a spare died idle: not our call
-                    continue
-                if not (started or killed) and resent < _RESENDS:  # it died before taking it
+                    idle_deaths += 1
+                    if idle_deaths <= _IDLE_DEATHS:
+                        continue
+                elif not (started or killed) and resent < _RESENDS:  # died before taking it
                     send(self._data, _REQUEST, request)
                     resent += 1
                     continue
+                if not (started or killed):  # no child lives to take a call
+                    raise self._stillborn(status, idle_deaths + resent + 1)
                 frame = _drain(self._data)  # the child may have written just before it ended
                 return frame or status._replace(killed=killed)
+
+    def _stillborn(self, last: Ended, deaths: int) -> IsolationError:
+        """Stop a zygote whose children die before they take a call (its App's module
+        kills every child, say), so that it forks no more of them; the error to raise.
+        The worker starts another zygote for its next job."""
+        self._process.kill()
+        self.close()
+        return IsolationError(
+            f"the zygote for {self.app_path} was stopped: {deaths} of its children in a row "
+            f"died before taking a call (the last, pid {last.pid}, {_describe(last.status)})"
+        )
 
 
 def _readable(sources: list[Any], timeout: float | None) -> list[Any]:
@@ -343,6 +361,7 @@ def _child(data: socket.socket, app: Any, sample: bytes) -> NoReturn:
         if not _readable([data], 0):  # with a request waiting, rehearsing would delay it
             try:
                 rehearsal.rehearse(sample)
+                process.sweep()  # a spare has no process to kill: it only runs the code
             except Exception:  # it only prepares pages: were it to fail, no call may
                 pass
         if not data.recv(1, socket.MSG_PEEK):  # P is gone: no call came

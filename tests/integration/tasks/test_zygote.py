@@ -22,7 +22,7 @@ import pytest
 from graftq import IsolationError, TimeLimitExceeded
 from graftq.tasks.isolation.zygote import Zygote
 from graftq.worker.pool import APP_VARIABLE, ForkServer
-from tests.apps import unrehearsed
+from tests.apps import stillborn, unrehearsed
 from tests.apps.forkhooks import app as forkhooks
 from tests.apps.school import Student, make_app
 from tests.apps.school import app as school
@@ -231,5 +231,23 @@ def test_a_spare_whose_rehearsal_fails_still_serves(
         assert children_of(server.pid) == spare
         doubled.append(server.run("double", version, {"x": 2}, time_limit=20))
         assert doubled == [2, 4]
+    finally:
+        server.close()
+
+
+def test_a_zygote_whose_children_all_die_before_a_call_is_stopped(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an App module that kills every child of its process: no spare lives to take the
+    # call, so the call fails, and the zygote stops forking them (the worker starts
+    # another for its next job)
+    monkeypatch.setenv("GRAFTQ_REDIS_URL", redis_url)
+    monkeypatch.setenv(stillborn.DIE, "1")
+    server = Zygote("tests.apps.stillborn:app")
+    try:
+        version = stillborn.app.callables["one"].version
+        with pytest.raises(IsolationError, match=r"died before taking a call .*status 7"):
+            server.run("one", version, {}, time_limit=30)
+        assert not server.alive()
     finally:
         server.close()
