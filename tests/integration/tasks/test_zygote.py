@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -193,61 +193,64 @@ def test_no_zygote_for_another_app_or_when_switched_off(monkeypatch: pytest.Monk
     assert server.get() is None
 
 
-def test_the_apps_at_fork_hooks_run_once_in_each_child(
+@pytest.fixture
+def start_zygote(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> Iterator[Callable[..., Zygote]]:
+    """Starts a zygote of an App module, with more environment; all are closed after."""
     monkeypatch.setenv("GRAFTQ_REDIS_URL", redis_url)
-    server = Zygote("tests.apps.forkhooks:app")
-    try:
-        version = forkhooks.callables["fork_state"].version
-        states = [server.run("fork_state", version, {}) for _ in range(3)]
-    finally:
+    started: list[Zygote] = []
+
+    def start(app_path: str, **env: str) -> Zygote:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        started.append(Zygote(app_path))
+        return started[-1]
+
+    yield start
+    for server in started:
         server.close()
+
+
+def test_the_apps_at_fork_hooks_run_once_in_each_child(
+    start_zygote: Callable[..., Zygote],
+) -> None:
+    server = start_zygote("tests.apps.forkhooks:app")
+    version = forkhooks.callables["fork_state"].version
+    states = [server.run("fork_state", version, {}) for _ in range(3)]
 
     assert [state["hook_runs"] for state in states] == [1, 1, 1]
     assert len({state["random"] for state in states}) == 3  # random reseeded in every child
 
 
-def test_a_spare_whose_rehearsal_fails_still_serves(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_spare_whose_rehearsal_fails_still_serves(start_zygote: Callable[..., Zygote]) -> None:
     # the rehearsal only prepares pages: whatever becomes of it, the spare waits for its
     # call and takes it (were it to die instead, the zygote would fork spare after spare)
-    monkeypatch.setenv("GRAFTQ_REDIS_URL", redis_url)
-    monkeypatch.setenv(unrehearsed.BREAK, "1")
-    server = Zygote("tests.apps.unrehearsed:app")
-    try:
-        version = unrehearsed.app.callables["double"].version
-        doubled = [server.run("double", version, {"x": 1}, time_limit=20)]
+    server = start_zygote("tests.apps.unrehearsed:app", **{unrehearsed.BREAK: "1"})
+    version = unrehearsed.app.callables["double"].version
+    doubled = [server.run("double", version, {"x": 1}, time_limit=20)]
 
-        # the one child left is a spare (a child that took a call is named graftq-call)
-        def spares() -> list[int]:
-            children = children_of(server.pid)
-            return children if [name_of(pid) for pid in children] == ["graftq-zygote"] else []
+    # the one child left is a spare (a child that took a call is named graftq-call)
+    def spares() -> list[int]:
+        children = children_of(server.pid)
+        return children if [name_of(pid) for pid in children] == ["graftq-zygote"] else []
 
-        wait_until(spares, 10, "the zygote's next spare, alone")
-        spare = spares()
-        time.sleep(0.3)  # were a failed rehearsal to end it, others would have come and gone
-        assert children_of(server.pid) == spare
-        doubled.append(server.run("double", version, {"x": 2}, time_limit=20))
-        assert doubled == [2, 4]
-    finally:
-        server.close()
+    wait_until(spares, 10, "the zygote's next spare, alone")
+    spare = spares()
+    time.sleep(0.3)  # were a failed rehearsal to end it, others would have come and gone
+    assert children_of(server.pid) == spare
+    doubled.append(server.run("double", version, {"x": 2}, time_limit=20))
+    assert doubled == [2, 4]
 
 
 def test_a_zygote_whose_children_all_die_before_a_call_is_stopped(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
+    start_zygote: Callable[..., Zygote],
 ) -> None:
     # an App module that kills every child of its process: no spare lives to take the
     # call, so the call fails, and the zygote stops forking them (the worker starts
     # another for its next job)
-    monkeypatch.setenv("GRAFTQ_REDIS_URL", redis_url)
-    monkeypatch.setenv(stillborn.DIE, "1")
-    server = Zygote("tests.apps.stillborn:app")
-    try:
-        version = stillborn.app.callables["one"].version
-        with pytest.raises(IsolationError, match=r"died before taking a call .*status 7"):
-            server.run("one", version, {}, time_limit=30)
-        assert not server.alive()
-    finally:
-        server.close()
+    server = start_zygote("tests.apps.stillborn:app", **{stillborn.DIE: "1"})
+    version = stillborn.app.callables["one"].version
+    with pytest.raises(IsolationError, match=r"died before taking a call .*status 7"):
+        server.run("one", version, {}, time_limit=30)
+    assert not server.alive()
