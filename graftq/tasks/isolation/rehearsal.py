@@ -47,11 +47,8 @@ def rehearse(raw: bytes) -> bytes:
     rehearses that itself, as nothing else may — `process.sweep` kills every descendant
     of the process that calls it.)"""
 
-    def arguments() -> Any:
-        return pickle.loads(raw)[1]
-
     kind, payload = process.run_framed(
-        arguments, lambda value: encoding.dumps(value, pickles=True), None
+        lambda: pickle.loads(raw)[1], lambda value: encoding.dumps(value, pickles=True), None
     )
     process.flush_std()
     return process.HEADER.pack(kind, len(payload)) + payload

@@ -146,9 +146,7 @@ class Zygote:
             kind, payload = receive(self._control)
             if kind == _STATUS:
                 return Ended(*_REPORT.unpack(payload))
-        self._process.kill()
-        self.close()
-        raise IsolationError(f"the zygote for {self.app_path} stopped answering; it was killed")
+        raise self._stopped("stopped answering; it was killed")
 
     def _abandon(self) -> None:
         """Kill the running child, wait until the zygote says it is gone, drop its output."""
@@ -175,7 +173,7 @@ class Zygote:
         (the child has ended its call; its exit is no reason to wait). A request its
         child died without starting (a spare killed from outside) never ran: it goes to
         the next child — a few times; when no child lives to take it, the zygote is
-        stopped and the call fails (`_stillborn`).
+        stopped and the call fails.
         """
         killed = started = False
         resent = idle_deaths = 0
@@ -202,21 +200,22 @@ class Zygote:
                     send(self._data, _REQUEST, request)
                     resent += 1
                     continue
-                if not (started or killed):  # no child lives to take a call
-                    raise self._stillborn(status, idle_deaths + resent + 1)
+                if not (started or killed):  # no child lives to take a call: fork no more
+                    raise self._stopped(
+                        f"was stopped: {idle_deaths + resent + 1} of its children in a row "
+                        f"died before taking a call (the last, pid {status.pid}, "
+                        f"{_describe(status.status)})"
+                    )
                 frame = _drain(self._data)  # the child may have written just before it ended
                 return frame or status._replace(killed=killed)
 
-    def _stillborn(self, last: Ended, deaths: int) -> IsolationError:
-        """Stop a zygote whose children die before they take a call (its App's module
-        kills every child, say), so that it forks no more of them; the error to raise.
-        The worker starts another zygote for its next job."""
+    def _stopped(self, why: str) -> IsolationError:
+        """Kill the zygote (silent, or its children die before taking a call: its App's
+        module kills every child, say); the error to raise. The worker starts another
+        for its next job."""
         self._process.kill()
         self.close()
-        return IsolationError(
-            f"the zygote for {self.app_path} was stopped: {deaths} of its children in a row "
-            f"died before taking a call (the last, pid {last.pid}, {_describe(last.status)})"
-        )
+        return IsolationError(f"the zygote for {self.app_path} {why}")
 
 
 def _readable(sources: list[Any], timeout: float | None) -> list[Any]:
