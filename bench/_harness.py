@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import resource
 import signal
@@ -234,11 +235,18 @@ def burst(
 
 
 def idle(
-    submit: Submit, client: redis.Redis, jobs: range, enqueued: Callable[[], float] | None = None
+    submit: Submit,
+    client: redis.Redis,
+    jobs: range,
+    enqueued: Callable[[], float] | None = None,
+    pause: float = 0.0,
 ) -> tuple[list[float], dict[str, dict[str, float]]]:
     """One job at a time on an idle queue: (latencies in s, producer stamps by job id).
 
-    Latency = the result's ``date_done`` minus the time just before the submit call.
+    Each job is submitted `pause` seconds after the previous one's result (0: at once,
+    while the worker may still be finishing the previous job: its acks and events, a
+    zygote's next spare). Latency = the result's ``date_done`` minus the time just
+    before the submit call.
     The harness waits on the result backend's pub/sub message (Celery publishes every
     state change), not by polling, so it adds no load of its own meanwhile. With
     `enqueued` (see `_timing.install_producer`) the stamps include the broker write.
@@ -247,6 +255,7 @@ def idle(
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     try:
         for i in jobs:
+            time.sleep(pause)
             task_id = str(uuid.uuid4())
             key = META_PREFIX + task_id.encode()
             pubsub.subscribe(key)
@@ -307,4 +316,7 @@ def drain(
 
 
 def quantile(values: list[float], q: int) -> float:
+    """The q-th percentile; NaN for no values (a phase that was skipped)."""
+    if len(values) < 2:
+        return values[0] if values else math.nan
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]

@@ -3,8 +3,9 @@
 Run by hand (not in CI), from the repository root::
 
     .venv/bin/python bench/throughput.py [--n 1000] [--reps 3] [--serial 200]
-        [--drain 1000] [--count-jobs 200] [--systems plain fork none]
-    .venv/bin/python bench/throughput.py --breakdown 200     # where one job's time goes
+        [--spaced 200] [--pause 20] [--drain 1000] [--count-jobs 200]
+        [--systems plain fork none]
+    .venv/bin/python bench/throughput.py --breakdown 200 [--breakdown-pause MS]
     .venv/bin/python bench/throughput.py --profile DIR       # perf + py-spy + cProfile
 
 Everything runs against one private redis-server (graftq.devserver.RedisServer, stopped
@@ -22,15 +23,19 @@ are ``-c 2`` prefork, started and stopped by PID (`bench/_harness.py`). Three sy
 Per repetition and system (interleaved, so all see the same machine): a burst of N jobs
 submitted as fast as possible while the worker consumes them (jobs/s from the first
 submit to the last ``date_done``; CPU per process from /proc; Redis commands from
-``INFO commandstats``); ``--serial`` jobs one at a time on an idle queue (latency =
-``date_done`` minus the time before the submit call); a drain of ``--drain`` jobs queued
-first, then consumed by the warm, otherwise idle worker (rate from the results'
-completion times; CPU per process with the producer idle). Afterwards a slower counting
-pass (workers restarted with redis-py patched, `bench/_rtt.py`) counts client→server
-round trips per job in each process.
+``INFO commandstats``); ``--serial`` jobs one at a time on an idle queue, each submitted
+as soon as the previous one's result is in (latency = ``date_done`` minus the time before
+the submit call; the worker may still be finishing the previous job meanwhile);
+``--spaced`` jobs one at a time, each ``--pause`` ms after the previous one's result (the
+worker has settled: what a job that arrives at a quiet worker waits); a drain of
+``--drain`` jobs queued first, then consumed by the warm, otherwise idle worker (rate
+from the results' completion times; CPU per process with the producer idle). Afterwards
+a slower counting pass (workers restarted with redis-py patched, `bench/_rtt.py`) counts
+client→server round trips per job in each process.
 
-``--breakdown N`` runs N jobs of each system one at a time with bench-side timing hooks
-in the workers (`bench/_timing.py`) and prints the median time of each phase of a job.
+``--breakdown N`` runs N jobs of each system one at a time (``--breakdown-pause`` ms
+apart; default 0, back to back) with bench-side timing hooks in the workers
+(`bench/_timing.py`) and prints the median time of each phase of a job.
 ``--profile DIR`` profiles a drain of isolated jobs (`bench/_profile.py`).
 """
 
@@ -128,6 +133,7 @@ class Measured:
 
     burst: h.Burst
     idle: list[float]  # seconds
+    spaced: list[float]  # seconds
     drain_rate: float
     drain_cpu: dict[str, float]  # CPU seconds by role
     drain_n: int
@@ -143,12 +149,14 @@ def measure(system: System, w: h.Worker, args: argparse.Namespace, env: Env) -> 
     system.check()
     system.inputs(args.serial)
     latencies, _ = h.idle(system.submit, client, range(args.serial))
+    system.inputs(args.spaced)
+    spaced, _ = h.idle(system.submit, client, range(args.spaced), pause=args.pause / 1e3)
     rate, drain_cpu = 0.0, {}
     if args.drain:
         system.inputs(args.drain)
         rate, drain_cpu = h.drain(system.submit, args.drain, client, system.control, cpu)
     pool = max((h.memory_mb(pid) for pid in w.pool()), key=lambda m: m["Anonymous"])
-    return Measured(result, latencies, rate, drain_cpu, args.drain, pool)
+    return Measured(result, latencies, spaced, rate, drain_cpu, args.drain, pool)
 
 
 def graftq_keys(args: argparse.Namespace, rep: int) -> list[str]:
@@ -180,6 +188,9 @@ METRICS: list[Metric] = [
     ("jobs/s, drain (queue filled first)", lambda m: m.drain_rate, 0, "ratio"),
     ("idle-queue latency p50 (ms)", lambda m: h.quantile(m.idle, 50) * 1e3, 1, "delta"),
     ("idle-queue latency p99 (ms)", lambda m: h.quantile(m.idle, 99) * 1e3, 1, "delta"),
+    ("spaced latency p50 (ms; --pause after each result)",
+     lambda m: h.quantile(m.spaced, 50) * 1e3, 1, "delta"),
+    ("spaced latency p99 (ms)", lambda m: h.quantile(m.spaced, 99) * 1e3, 1, "delta"),
     ("CPU per job, all processes, burst (ms)", lambda m: cpu_ms(m.burst.cpu, m.burst.n), 2,
      "ratio"),
     ("CPU per job, all processes, drain (ms)", lambda m: cpu_ms(m.drain_cpu, m.drain_n), 2,
@@ -345,20 +356,24 @@ def breakdown(args: argparse.Namespace, env: Env) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-timing-") as directory:
         hooks = {_timing.ENV: directory}
         jobs = range(args.breakdown)
+        pause = args.breakdown_pause / 1e3
         if "plain" in args.systems:
             with h.worker(h.plain_command(), hooks):
                 system = plain_system()
                 h.warm_up(system.submit, env.clients["plain"])
-                found["plain"] = h.idle(system.submit, env.clients["plain"], jobs, enqueued)
+                found["plain"] = h.idle(system.submit, env.clients["plain"], jobs, enqueued, pause)
         if keys := graftq_keys(args, 0):
             with h.worker(h.graftq_command(), hooks):
                 for key in keys:
                     system = graftq_system(key)
                     h.warm_up(system.submit, env.clients[key])
                     system.inputs(args.breakdown)
-                    found[key] = h.idle(system.submit, env.clients[key], jobs, enqueued)
+                    found[key] = h.idle(system.submit, env.clients[key], jobs, enqueued, pause)
         stamps = _timing.load(directory)
-    print(f"\nLatency breakdown of {args.breakdown} jobs one at a time (idle queue), ms per step:")
+    print(
+        f"\nLatency breakdown of {args.breakdown} jobs one at a time (idle queue, "
+        f"{args.breakdown_pause:g} ms after each result), ms per step:"
+    )
     for key, (latencies, producer) in found.items():
         timed = [{**stamps.get(job, {}), **mine} for job, mine in producer.items()]
         print(f"\n{LABELS[key]}:\n\n| phase | step | median ms | mean ms |\n|---|---|---:|---:|")
@@ -399,6 +414,12 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=1000, help="jobs per burst")
     parser.add_argument("--reps", type=int, default=1, help="repetitions of each system")
     parser.add_argument("--serial", type=int, default=200, help="jobs run one at a time")
+    parser.add_argument(
+        "--spaced", type=int, default=200, help="jobs run one at a time, --pause ms apart"
+    )
+    parser.add_argument(
+        "--pause", type=float, default=20.0, help="ms between a result and the next --spaced job"
+    )
     parser.add_argument("--drain", type=int, default=1000, help="jobs per drain; 0 skips")
     parser.add_argument("--count-jobs", type=int, default=200, help="0 skips the RTT pass")
     parser.add_argument("--no-micro", action="store_true", help="skip the in-process micros")
@@ -406,6 +427,9 @@ def parse() -> argparse.Namespace:
         "--systems", nargs="+", choices=list(LABELS), default=list(LABELS), help="what to run"
     )
     parser.add_argument("--breakdown", type=int, metavar="N", help="latency breakdown mode")
+    parser.add_argument(
+        "--breakdown-pause", type=float, default=0.0, metavar="MS", help="ms between its jobs"
+    )
     parser.add_argument("--profile", metavar="DIR", help="profile mode; writes into DIR")
     return parser.parse_args()
 
