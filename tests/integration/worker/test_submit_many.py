@@ -6,8 +6,11 @@ enqueued in one go; a bad input names its index and nothing is enqueued.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pydantic
@@ -159,3 +162,47 @@ def test_a_batch_declares_its_queue_and_leaves_the_producer_as_it_was(
     assert declared <= set(client.declared_entities)
     with app.celery.producer_or_acquire() as producer:
         assert "maybe_declare" not in vars(producer)  # the batch's shortcut is gone
+
+
+@contextlib.contextmanager
+def listening(app: App) -> Iterator[list[dict[str, Any]]]:
+    """Celery events on `app`'s broker as a Celery event receiver (Flower's kind) gets
+    them, from the moment it is subscribed until the block ends."""
+    seen: list[dict[str, Any]] = []
+    with app.celery.connection_for_read() as connection:
+        receiver = app.celery.events.Receiver(connection, handlers={"*": seen.append})
+        thread = threading.Thread(target=receiver.capture, kwargs={"wakeup": False})
+        thread.start()
+        try:
+            probe = app.celery.events.Dispatcher(connection)
+            deadline = time.monotonic() + 30
+            while not any(event["type"] == "probe-ready" for event in seen):  # subscribed?
+                assert time.monotonic() < deadline, "the event receiver never subscribed"
+                probe.send("probe-ready")
+                time.sleep(0.05)
+            probe.close()
+            yield seen
+        finally:
+            receiver.should_stop = True
+            thread.join(timeout=30)
+
+
+def test_the_batch_sends_every_jobs_task_sent_event(
+    client_app: Callable[..., App], queue: str
+) -> None:
+    """A batch's task-sent events (Flower shows queued jobs from them) go out a hundred
+    to a message; a receiver gets one per job, as it would from `submit`."""
+    app = client_app(queue)
+    stored = counters(app, 250)
+    with listening(app) as seen:
+        jobs = app.submit_many("increment", [{"counter": f"@{c.lineage_id}"} for c in stored])
+        deadline = time.monotonic() + 30
+        while len([e for e in seen if e["type"] == "task-sent"]) < len(jobs):
+            assert time.monotonic() < deadline, "not every task-sent event arrived"
+            time.sleep(0.05)
+        sent = [event for event in seen if event["type"] == "task-sent"]
+
+    assert sorted(event["uuid"] for event in sent) == sorted(job.id for job in jobs)
+    assert {event["name"] for event in sent} == {"graftq.increment"}
+    assert {event["queue"] for event in sent} == {queue}
+    assert f"@{stored[0].lineage_id}" in next(e for e in sent if e["uuid"] == jobs[0].id)["args"]
