@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import platform
 import statistics
@@ -224,6 +225,8 @@ def report(runs: dict[str, list[Measured]]) -> None:
                       for k in keys)  # fmt: skip
     print(f"\n| metric | {head} |\n|---|" + "---:|" * (head.count("|") + 1))
     for name, value, digits, kind in METRICS:
+        if all(math.isnan(value(m)) for measured in runs.values() for m in measured):
+            continue  # a phase that was skipped (--spaced 0, say)
         cells = []
         for key in keys:
             values = [value(m) for m in runs[key]]
