@@ -231,50 +231,30 @@ class _SentEvents:
     """A batch's task-sent events (for Flower), published a hundred to a message.
 
     Celery sends each job's event as a message of its own, a fifth of a batch's time.
-    Given as a job's ``event_dispatcher``, this collects the event Celery makes for it
-    instead; `publish_all` then sends them as lists, as Celery's own event buffer does
-    (routing key ``task.multi``): Celery's event receivers, Flower's among them, take a
-    list of events as well as one.
+    Given as a job's ``event_dispatcher``, this keeps the event Celery makes for it
+    instead; `publish_all` then sends them as lists the way Celery's own event buffer
+    does (`EventDispatcher.flush`: ``_prepare_event``, then ``_publish`` of a list under
+    ``task.multi``), so the events are Celery's to the byte; Celery's event receivers,
+    Flower's among them, take a list of events as well as one.
     """
 
     PER_MESSAGE = 100  # events of ≈ 0.5 kB each: no message a pub/sub client chokes on
 
     def __init__(self, celery_app: Any) -> None:
-        self._dispatcher = celery_app.events.Dispatcher(enabled=False)  # Celery's default's twin
-        self._events: list[dict[str, Any]] = []
+        self._dispatcher = celery_app.events.Dispatcher(enabled=False)  # as Celery's default
+        self._events: list[Any] = []
         self._retry: dict[str, Any] = {}
 
     def publish(self, kind: str, fields: dict[str, Any], producer: Any, **retry: Any) -> None:
         """What Celery calls to send one job's event: it is kept for `publish_all`."""
-        from celery.events import Event
-        from celery.utils.time import utcoffset
-
-        dispatcher = self._dispatcher
-        self._events.append(
-            Event(
-                kind,
-                hostname=dispatcher.hostname,
-                utcoffset=utcoffset(),
-                pid=dispatcher.pid,
-                clock=dispatcher.clock.forward(),
-                **fields,
-            )
-        )
+        self._events.append(self._dispatcher._prepare_event(kind, fields))
         self._retry = retry
 
     def publish_all(self, producer: Any) -> None:
-        dispatcher, events = self._dispatcher, self._events
-        for start in range(0, len(events), self.PER_MESSAGE):
-            producer.publish(
-                events[start : start + self.PER_MESSAGE],
-                routing_key="task.multi",
-                exchange=dispatcher.exchange.name,
-                declare=[dispatcher.exchange],
-                serializer=dispatcher.serializer,
-                headers=dispatcher.headers,
-                delivery_mode=dispatcher.delivery_mode,
-                **self._retry,
-            )
+        events, size = self._events, self.PER_MESSAGE
+        for start in range(0, len(events), size):
+            batch = events[start : start + size]
+            self._dispatcher._publish(batch, producer, "task.multi", **self._retry)
         events.clear()
 
 
