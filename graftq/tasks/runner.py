@@ -34,6 +34,12 @@ log = logging.getLogger(__name__)
 
 RERUN_BACKOFF_BASE = 0.002  # seconds; doubles per re-run after the first, which is at once
 RERUN_BACKOFF_CAP = 0.05
+_DOUBLINGS = 16  # BASE * 2**16 is past the cap: later re-runs wait up to the cap as well
+# Why a re-run that read the very versions the last conflicting attempt read cannot commit.
+_FUTILE = (
+    "the re-run read the same input versions, so the head it must move was moved by a write "
+    "outside its inputs' trees (a sub-entity stored on its own, say)"
+)
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,7 @@ def run_call(
     digest = input_digest(info, input_data)
     started = datetime.now(UTC)
     deadline = time.monotonic() + call.rerun_timeout
+    conflicted_on: Any = None  # the pinned inputs of the last attempt that conflicted
     for attempt in itertools.count(1):
         replay_of = call.execution_id if call.check_replay and attempt == 1 else None
         announce = call.announce if attempt == 1 else None
@@ -102,11 +109,14 @@ def run_call(
                 also=call.also,
             )
         except VersionConflict as exc:
-            if time.monotonic() < deadline:
+            if prepared.pinned == conflicted_on:  # nothing else to read: a re-run is the same
+                exc = VersionConflict(f"{exc}; re-running cannot help: {_FUTILE}")
+            elif time.monotonic() < deadline:
+                conflicted_on = prepared.pinned
                 time.sleep(_backoff(attempt))
                 continue
             run.failed(exc, attempt)
-            raise
+            raise exc from None
         except Exception as exc:  # not SystemExit & co: an ending process has not failed a run
             run.failed(exc, attempt)
             raise
@@ -179,7 +189,8 @@ def _backoff(attempt: int) -> float:
         return 0.0
     import random  # here: an imported `random` reseeds in every fork (see `zygote`)
 
-    return random.uniform(0, min(RERUN_BACKOFF_CAP, RERUN_BACKOFF_BASE * 2**attempt))
+    longest = RERUN_BACKOFF_BASE * 2 ** min(attempt, _DOUBLINGS)
+    return random.uniform(0, min(RERUN_BACKOFF_CAP, longest))
 
 
 def execute_body(store: EntityRegistry, prepared: Prepared, zygote: Zygote | None = None) -> Any:

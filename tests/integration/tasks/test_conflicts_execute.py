@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -10,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from graftq import App, EntityRegistry
-from tests.apps.school import Counter
+from graftq import App, EntityRegistry, ExecutionStatus, VersionConflict
+from tests.apps.school import Address, Counter, Student
 from tests.entities import chain_from_head, put_counter
 from tests.processes import read_pid
 
@@ -176,3 +177,27 @@ def test_lineage_input_after_branches_follows_the_head(app: App, store: EntityRe
     assert latest.value == 2
     assert latest.parent_id == first.ecs_id
     assert store.head_id(counter.lineage_id) == str(latest.ecs_id)
+
+
+def test_a_sub_entity_whose_own_head_moved_fails_at_once_instead_of_rerunning(
+    app: App, store: EntityRegistry
+) -> None:
+    # The student's head holds an address whose own head a direct put moved on: every
+    # re-run reads the same versions, so re-running cannot commit. It ends with
+    # VersionConflict after one re-run, not after GRAFTQ_RERUN_TIMEOUT (60 s) of them.
+    student = store.put(Student(name="Ada", age=20, address=Address(city="Paris")))
+    assert student.address is not None
+    address = store.get(student.address.ecs_id)
+    address.city = "Lyon"
+    store.put(address)
+    start = time.monotonic()
+
+    with pytest.raises(VersionConflict, match="re-running cannot help") as raised:
+        app.execute("relocate", {"address": f"@{student.lineage_id}.address", "city": "Rome"})
+
+    assert time.monotonic() - start < 10
+    assert str(address.lineage_id) in str(raised.value)
+    records = [store.execution(key.split(":")[-1]) for key in store.client.keys("graftq:exec:*")]
+    assert len(records) == 1 and records[0] is not None
+    assert records[0].status is ExecutionStatus.FAILURE and records[0].attempts == 2
+    assert store.head(address.lineage_id).city == "Lyon"
