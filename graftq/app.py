@@ -18,7 +18,7 @@ from graftq.registry.store import EntityRegistry
 from graftq.settings import Settings
 from graftq.tasks.callables import CallableInfo, CallableRegistry
 from graftq.tasks.runner import Call, local_worker, run_call
-from graftq.worker.message import PUBLISHED_TASK, task_name
+from graftq.worker.message import PUBLISHED_TASK, RESERVED, task_name
 
 if TYPE_CHECKING:
     from graftq.worker.job import Job
@@ -44,7 +44,7 @@ class App:
     ) -> None:
         self.name = name
         self.settings = settings or Settings.from_env(redis_url=redis_url, **options)
-        self.callables = CallableRegistry(on_add=self._bind)
+        self.callables = CallableRegistry(on_add=self._bind, reserved=RESERVED)
         # `@app.register`, `@app.register("name")`, `@app.register(name=..., isolation=...,
         # time_limit=..., cache=...)`: every registered function is traced automatically.
         self.register = self.callables.register

@@ -198,9 +198,14 @@ def describe(
 class CallableRegistry(Mapping[str, CallableInfo]):
     """Name → ``CallableInfo``; this is ``app.callables`` and ``app.register``'s store."""
 
-    def __init__(self, on_add: Callable[[CallableInfo], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_add: Callable[[CallableInfo], None] | None = None,
+        reserved: Mapping[str, str] | None = None,
+    ) -> None:
         self._infos: dict[str, CallableInfo] = {}
         self._on_add = on_add  # e.g. the worker layer making a Celery task per callable
+        self._reserved = dict(reserved or {})  # name → what it is reserved for
 
     def __getitem__(self, name: str) -> CallableInfo:
         try:
@@ -217,6 +222,11 @@ class CallableRegistry(Mapping[str, CallableInfo]):
 
     def add(self, info: CallableInfo) -> CallableInfo:
         """Add ``info``; re-adding the same function is a no-op returning the existing info."""
+        if info.name in self._reserved:
+            raise RegistrationError(
+                f"cannot register {_label(info.func)} as {info.name!r}: "
+                f"that name is reserved for {self._reserved[info.name]}"
+            )
         old = self._infos.get(info.name)
         if old is None:
             self._infos[info.name] = info

@@ -13,9 +13,13 @@ from typing import Any
 from graftq.errors import InvalidInput
 
 TASK_PREFIX = "graftq."
-PUBLISHED_TASK = "graftq.published"
+PUBLISHED_TASK = TASK_PREFIX + "published"
 META = "_graftq"
 INPUT_KEYWORD = "input_data"  # parameter names cannot start with "_", so this never clashes
+
+
+# Callable names whose task graftq uses itself (name → what for): registering one is refused.
+RESERVED = {"published": f"graftq's task of published functions ({PUBLISHED_TASK})"}
 
 
 def task_name(callable_name: str) -> str:

@@ -407,3 +407,24 @@ def test_version_without_source() -> None:
     version = describe(namespace["gen"], name="gen").version
     assert len(version) == 16
     assert version == describe(namespace["gen"], name="gen").version
+
+
+def test_a_name_whose_task_graftq_uses_itself_is_refused() -> None:
+    from graftq import App
+
+    app = App("reserved")
+
+    def published(x: int) -> int:
+        return x
+
+    def len_of(text: str) -> int:
+        return len(text)
+
+    # "graftq.published" is the task that runs published functions: a callable of that
+    # name would take it over, and its jobs would fail as malformed published jobs
+    with pytest.raises(RegistrationError, match=r"'published'.*reserved.*graftq\.published"):
+        app.register(published)
+    with pytest.raises(RegistrationError, match="reserved"):
+        app.register(name="published")(len_of)
+    assert "published" not in app.callables
+    app.register("published_report")(published)  # a name that merely starts with it is free
