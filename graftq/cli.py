@@ -146,7 +146,13 @@ def submit(app_path: str, name: str, input_json: str, wait: bool, timeout: float
     job = app.submit(name, data)
     console.print(f"job [bold]{job.id}[/] submitted ({name})")
     if wait:
-        _print_value(progress.wait(job, progress_console, timeout=timeout))
+        try:
+            value = progress.wait(job, progress_console, timeout=timeout)
+        except (GraftError, pydantic.ValidationError):
+            raise  # graftq's own message (`run`)
+        except Exception as exc:  # the function's own error, as `Job.get` raises it
+            raise GraftError(f"job {job.id} ({name}) failed: {type(exc).__name__}: {exc}") from None
+        _print_value(value)
 
 
 STORE_APP_OPTION = click.option(

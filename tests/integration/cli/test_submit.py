@@ -199,3 +199,14 @@ def test_submit_wait_shows_a_spinner_on_a_terminal(
     assert SPINNER & set(text), text  # rich's spinner frames were drawn
     assert re.search(r"sleepy job \S+: SUCCESS after \d+\.\ds", text), text
     assert out.strip().endswith("1")  # the value itself still goes to stdout
+
+
+def test_submit_wait_of_a_failing_job_prints_its_error_in_one_line(on_worker: CLI) -> None:
+    proc = on_worker(
+        "submit", "--app", SCHOOL, "fail_custom", "--input", '{"message": "no such course"}',
+        "--wait", "--timeout", "30",
+    )  # fmt: skip
+    assert proc.returncode == 1, output(proc)
+    assert "Traceback" not in output(proc), output(proc)
+    text = " ".join(output(proc).split())
+    assert re.search(r"error: job \S+ \(fail_custom\) failed: .*Boom: no such course", text), text
