@@ -164,6 +164,10 @@ def prepare_many(
 
     Any error names the index of the input it came from; then nothing was written.
     """
+    if isinstance(inputs, Mapping | str | bytes) or not isinstance(inputs, Sequence):
+        raise TypeError(
+            f"inputs must be a list of input dicts (one per job), got {type(inputs).__name__}"
+        )
     givens = [
         _at(index, lambda data: bounds.carried(store, info, as_input(data)), data)
         for index, data in enumerate(inputs)

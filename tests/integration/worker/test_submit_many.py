@@ -114,6 +114,17 @@ def test_a_task_id_for_a_batch_is_refused(client_app: Callable[..., App], queue:
         app.submit_many("increment", [{"counter": "@x"}], task_id="same-for-all")
 
 
+@pytest.mark.parametrize("inputs", [{"counter": "@x"}, "counter", None])
+def test_a_batch_that_is_not_a_list_of_inputs_is_refused_as_such(
+    client_app: Callable[..., App], queue: str, broker_url: str, inputs: Any
+) -> None:
+    app = client_app(queue)
+
+    with pytest.raises(TypeError, match="inputs must be a list of input dicts"):
+        app.submit_many("increment", inputs)
+    assert queued(broker_url, queue) == 0
+
+
 @pytest.mark.parametrize("size", [5, 50])
 def test_the_batch_reads_the_store_a_bounded_number_of_times(
     client_app: Callable[..., App],
