@@ -367,6 +367,11 @@ class EntityRegistry:
         Pages through the type index the commit keeps (never KEYS or SCAN):
         three round trips per `batch` lineages.
         """
+        if not (isinstance(entity_type, type) and issubclass(entity_type, Entity)):
+            raise TypeError(
+                f"heads() takes an Entity class, got {type(entity_type).__name__} "
+                f"{entity_type!r:.80}; by stored type name: head_data(type_name)"
+            )
         for type_name in index.type_names(entity_type):
             for head_ids in index.head_batches(self._client, self.keys, type_name, batch):
                 docs = self._load(head_ids)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import redis
 
@@ -65,3 +67,11 @@ def test_heads_never_scan_the_keyspace(reg: EntityRegistry, redis_client: redis.
         del redis_client.execute_command
     assert seen and not {"KEYS", "SCAN"} & set(seen), seen
     assert "ZRANGE" in seen
+
+
+@pytest.mark.parametrize("given", ["Student", Student(name="a", age=1), int])
+def test_heads_of_something_not_an_entity_class_is_a_type_error(
+    reg: EntityRegistry, given: Any
+) -> None:
+    with pytest.raises(TypeError, match="heads\\(\\) takes an Entity class"):
+        next(reg.heads(given))
