@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pydantic_core
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from graftq.errors import CorruptVersion, InvalidEntity
 from graftq.registry import containers
@@ -101,11 +101,50 @@ def own_data(entity: Entity, kid_paths: list[Path]) -> dict[str, Any]:
         fields = dict.fromkeys(str(path[0]) for path in kid_paths)
         entity = entity.model_copy(update={name: _blank(getattr(entity, name)) for name in fields})
     exclude = set(IDENTITY_FIELDS) | set(type(entity).model_computed_fields)
-    # warnings=False: a placeholder None where the annotation wants an Entity is intended.
-    data: dict[str, Any] = entity.model_dump(
-        mode="json", exclude=exclude, by_alias=False, warnings=False
-    )
+    try:
+        # warnings=False: a placeholder None where the annotation wants an Entity is intended.
+        data: dict[str, Any] = entity.model_dump(
+            mode="json", exclude=exclude, by_alias=False, warnings=False
+        )
+    except UnicodeDecodeError:
+        raise InvalidEntity(_not_utf8_message(entity)) from None
     return data
+
+
+def _not_utf8_message(entity: Entity) -> str:
+    # Pydantic's JSON form of bytes is UTF-8 text unless the model says otherwise. Stored
+    # data keeps that default: switching it would change how existing versions read back.
+    path, holder = _not_utf8(entity, ()) or ("", type(entity).__name__)
+    where = f"at {path}" if path else "in one of its fields"
+    return (
+        f"{type(entity).__name__} {entity.ecs_id}: the bytes {where} are not UTF-8, the text "
+        "pydantic's JSON mode stores bytes as by default; to store any bytes, set "
+        'model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64") '
+        f"on {holder}"
+    )
+
+
+def _not_utf8(model: BaseModel, at: Path) -> tuple[str, str] | None:
+    """The dotted path of the first bytes value under `model` that is not UTF-8 and is
+    dumped as UTF-8, with the name of the model declaring it."""
+    as_text = model.model_config.get("ser_json_bytes", "utf8") == "utf8"
+    for name in type(model).model_fields:
+        for path, leaf in containers.leaves(getattr(model, name), (*at, name)):
+            if isinstance(leaf, BaseModel):
+                found = _not_utf8(leaf, typing.cast(Path, path))
+                if found:
+                    return found
+            elif isinstance(leaf, bytes) and as_text and not _is_utf8(leaf):
+                return _dotted(typing.cast(Path, path)), type(model).__name__
+    return None
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _blank(value: Any) -> Any:

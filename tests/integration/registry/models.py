@@ -7,14 +7,14 @@ Pydantic model, hence the RUF012 exemption).
 
 from __future__ import annotations
 
-from pydantic import ConfigDict, Field, computed_field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from graftq.registry.entity import Entity
 from tests.apps.school import Address, Counter, Student
 
 __all__ = [
-    "Address", "Aliased", "Bag", "Computed", "Counter", "Course", "Floor", "Leaf", "Link",
-    "Node", "Site", "Student",
+    "Address", "Aliased", "Attachment", "Bag", "Binary", "Blob", "Computed", "Counter",
+    "Course", "Floor", "Leaf", "Link", "Mail", "Node", "Site", "Student",
 ]  # fmt: skip
 
 
@@ -84,3 +84,32 @@ class Computed(Entity):
     @property
     def double(self) -> int:
         return self.a * 2
+
+
+class Blob(Entity):
+    """bytes in pydantic's default JSON form, UTF-8 text: only UTF-8 bytes can be stored."""
+
+    data: bytes
+
+
+class Binary(Entity):
+    """bytes as base64 text: any bytes can be stored (the form docs/decisions.md gives)."""
+
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
+    data: bytes
+
+
+class Attachment(BaseModel):
+    """A plain model inside an entity's own data."""
+
+    data: bytes
+
+
+class Mail(Entity):
+    subject: str
+    blob: Blob | None = None
+    binary: Binary | None = None
+    binaries: list[Binary] = []
+    chunks: list[bytes] = []
+    attachments: dict[str, Attachment] = {}

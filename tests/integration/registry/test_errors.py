@@ -9,9 +9,19 @@ import pydantic
 import pytest
 import redis
 
+from graftq import Entity
 from graftq.errors import CorruptVersion, EntityNotFound, InvalidEntity, UnknownEntityType
 from graftq.registry.store import EntityRegistry
-from tests.integration.registry.models import Address, Course, Link, Student
+from tests.integration.registry.models import (
+    Address,
+    Attachment,
+    Binary,
+    Blob,
+    Course,
+    Link,
+    Mail,
+    Student,
+)
 from tests.redis_state import snapshot
 
 
@@ -114,6 +124,78 @@ def test_equal_copies_of_one_version_are_not_the_same_object(reg: EntityRegistry
     )
     assert [f.ecs_id for f in twice.friends] == [friend.ecs_id, friend.ecs_id]
     assert twice.friends[0] is not twice.friends[1]
+
+
+NOT_UTF8 = b"\x89PNG\r\n\x1a\n\x00\xff"
+
+
+def bytes_field() -> tuple[Entity, Entity, str, str]:
+    """(root to put, entity the message names, path in it, class to configure)"""
+    blob = Blob(data=NOT_UTF8)
+    return blob, blob, "data", "Blob"
+
+
+def bytes_in_a_sub_entity() -> tuple[Entity, Entity, str, str]:
+    blob = Blob(data=NOT_UTF8)
+    return Mail(subject="s", blob=blob), blob, "data", "Blob"
+
+
+def bytes_in_a_list() -> tuple[Entity, Entity, str, str]:
+    mail = Mail(subject="s", chunks=[b"text", NOT_UTF8])
+    return mail, mail, "chunks.1", "Mail"
+
+
+def bytes_in_a_plain_model() -> tuple[Entity, Entity, str, str]:
+    mail = Mail(subject="s", attachments={"logo": Attachment(data=NOT_UTF8)})
+    return mail, mail, "attachments.logo.data", "Attachment"
+
+
+@pytest.mark.parametrize(
+    "make", [bytes_field, bytes_in_a_sub_entity, bytes_in_a_list, bytes_in_a_plain_model]
+)
+def test_bytes_that_are_not_utf8_are_invalid_naming_class_id_and_path(
+    reg: EntityRegistry, redis_client: redis.Redis, make
+) -> None:
+    root, named, path, holder = make()
+    before = snapshot(redis_client)
+
+    with pytest.raises(InvalidEntity) as caught:
+        reg.put(root)
+    message = str(caught.value)
+    assert f"{type(named).__name__} {named.ecs_id}" in message
+    assert f" {path} " in message
+    assert 'ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")' in message
+    assert f"on {holder}" in message
+    assert snapshot(redis_client) == before
+
+
+def test_base64_bytes_round_trip_at_any_depth(
+    reg: EntityRegistry, redis_client: redis.Redis
+) -> None:
+    """The configuration the InvalidEntity message recommends does store any bytes."""
+    mail = Mail(subject="s", binary=Binary(data=NOT_UTF8), binaries=[Binary(data=b"\xff")])
+    stored = reg.put(Binary(data=NOT_UTF8))
+    tree = reg.put(mail)
+    assert tree.binary is not None
+
+    assert reg.get(stored.ecs_id).data == NOT_UTF8
+    back = reg.get(tree.ecs_id)
+    assert isinstance(back, Mail) and back.binary is not None
+    assert back.binary.data == NOT_UTF8 and back.binaries[0].data == b"\xff"
+    assert reg.get(tree.binary.ecs_id).data == NOT_UTF8
+    before = snapshot(redis_client)
+    assert reg.put(back) == tree  # read back unchanged: nothing written
+    assert snapshot(redis_client) == before
+
+
+def test_utf8_bytes_are_stored_as_their_text(
+    reg: EntityRegistry, redis_client: redis.Redis
+) -> None:
+    """The stored form of bytes stays pydantic's default, so existing data reads the same."""
+    stored = reg.put(Blob(data="café".encode()))
+
+    assert json.loads(redis_client.get(f"graftq:v:{stored.ecs_id}"))["data"] == {"data": "café"}
+    assert reg.get(stored.ecs_id).data == "café".encode()
 
 
 @pytest.mark.parametrize("call", ["get", "head", "history", "provenance", "lineage_mermaid"])

@@ -21,9 +21,11 @@ import redis
 
 from graftq import (
     App,
+    Entity,
     EntityRegistry,
     ExecutionStatus,
     GraftError,
+    InvalidEntity,
     IsolationError,
     VersionConflict,
 )
@@ -202,6 +204,38 @@ def test_exhausted_reruns_leave_a_failure_record(
     assert len(records) == 1 and records[0] is not None
     assert records[0].status is ExecutionStatus.FAILURE
     assert records[0].error is not None and "VersionConflict" in records[0].error
+
+
+class Image(Entity):
+    data: bytes
+
+
+class Scan(Entity):
+    name: str
+    image: Image
+
+
+@pytest.mark.parametrize("isolation", ["fork", "none"])
+def test_a_result_holding_bytes_that_are_not_utf8_fails_its_commit_naming_them(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis, isolation: str
+) -> None:
+    monkeypatch.setenv("GRAFTQ_REDIS_URL", redis_url)
+    app = App("scans")
+
+    @app.register(isolation=isolation)
+    def scan(name: str) -> Scan:
+        return Scan(name=name, image=Image(data=b"\x89PNG"))
+
+    with pytest.raises(InvalidEntity, match=r"Image [0-9a-f-]+: the bytes at data are not UTF-8"):
+        app.execute("scan", {"name": "x"})
+
+    store = app.entities
+    keys = redis_client.keys()
+    assert keys and all(key.startswith("graftq:exec:") for key in keys)  # no version written
+    records = [store.execution(key.split(":")[-1]) for key in keys]
+    assert len(records) == 1 and records[0] is not None
+    assert records[0].status is ExecutionStatus.FAILURE and records[0].outputs == []
+    assert records[0].error is not None and "InvalidEntity: Image" in records[0].error
 
 
 # -- the memo key covers register(version=...) ---------------------------------------------
