@@ -44,23 +44,32 @@ def walk(root: Any) -> Node:
         raise InvalidEntity(
             f"only Entity instances can be stored, got {type(root).__name__}: {root!r:.80}"
         )
-    return _walk(root, on_path=set(), seen={})
+    return _walk(root, (), on_path={}, seen={})
 
 
-def _walk(entity: Entity, on_path: set[int], seen: dict[int, Path]) -> Node:
+def _walk(entity: Entity, at: Path, on_path: dict[int, Path], seen: dict[int, Path]) -> Node:
+    """The tree under `entity`, which sits at path `at` from the root.
+
+    Kids keep paths relative to their parent (what documents store); messages give
+    paths from the root, in the dotted form references use.
+    """
     node = Node(entity)
-    on_path.add(id(entity))
+    on_path[id(entity)] = at
     for path, sub in _sub_entities(entity):
+        where = (*at, *path)
         if id(sub) in on_path:
-            raise InvalidEntity(f"cycle: entity {sub.ecs_id} contains itself at {_dotted(path)}")
+            raise InvalidEntity(
+                f"cycle: entity {sub.ecs_id} at {_at(on_path[id(sub)])} contains itself "
+                f"at {_dotted(where)}"
+            )
         if id(sub) in seen:
             raise InvalidEntity(
                 f"entity object {sub.ecs_id} appears twice in one tree "
-                f"(at {_dotted(seen[id(sub)])} and {_dotted(path)}); store a copy instead"
+                f"(at {_dotted(seen[id(sub)])} and {_dotted(where)}); store a copy instead"
             )
-        seen[id(sub)] = path
-        node.kids.append((path, _walk(sub, on_path, seen)))
-    on_path.discard(id(entity))
+        seen[id(sub)] = where
+        node.kids.append((path, _walk(sub, where, on_path, seen)))
+    del on_path[id(entity)]
     return node
 
 
@@ -239,3 +248,7 @@ def _place(data: dict[str, Any], path: list[PathPart], value: Any) -> None:
 
 def _dotted(path: Path) -> str:
     return ".".join(str(part) for part in path)
+
+
+def _at(path: Path) -> str:
+    return _dotted(path) if path else "the root"

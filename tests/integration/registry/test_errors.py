@@ -20,6 +20,7 @@ from tests.integration.registry.models import (
     Course,
     Link,
     Mail,
+    Node,
     Student,
 )
 from tests.redis_state import snapshot
@@ -103,6 +104,47 @@ def test_cycles_and_one_object_twice_are_invalid_and_write_nothing(
     with pytest.raises(InvalidEntity):
         reg.put(make())
     assert snapshot(redis_client) == before
+
+
+def twice_under_two_list_items() -> tuple[Node, str]:
+    shared = Node(value=1)
+    return Node(children=[Node(opt=shared), Node(opt=shared)]), "children.0.opt and children.1.opt"
+
+
+def twice_under_a_sub_entity() -> tuple[Course, str]:
+    home = Address(city="x")
+    mentor = Student(name="s", age=1, address=home, friends=[home])
+    return Course(title="c", mentor=mentor), "mentor.address and mentor.friends.0"
+
+
+def twice_at_two_depths_with_paths() -> tuple[Course, str]:
+    return twice_at_two_depths(), "mentor.address and stops.0"
+
+
+def cycle_through_the_root() -> tuple[Link, str]:
+    return deep_cycle(), "at the root contains itself at child.child.child"
+
+
+def cycle_below_the_root() -> tuple[Link, str]:
+    return Link(name="r", child=two_link_cycle()), "at child contains itself at child.child.child"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        twice_under_two_list_items,
+        twice_under_a_sub_entity,
+        twice_at_two_depths_with_paths,
+        cycle_through_the_root,
+        cycle_below_the_root,
+    ],
+)
+def test_cycle_and_twice_messages_give_paths_from_the_root(reg: EntityRegistry, make) -> None:
+    root, paths = make()
+
+    with pytest.raises(InvalidEntity) as caught:
+        reg.put(root)
+    assert paths in str(caught.value)
 
 
 def test_one_object_twice_in_a_stored_tree_is_invalid(
