@@ -16,13 +16,21 @@ a tag, a dict whose key ``"\\x00"`` names the kind::
     {"\\x00": "bytes", "v": base64}
     {"\\x00": "same", "i": n}        the n-th model again (shared objects stay shared)
     {"\\x00": "output", "i": n}      an entity replaced by `encode(..., entity=...)`
+    {"\\x00": "pydantic", "c": class, "v": json}   any other value pydantic carries
     {"\\x00": "pickle", "v": base64} anything else, only where `pickles=True` (the fork)
-    {"\\x00": "repr", "v": text}     anything else, elsewhere: decodes to its repr
 
 A model is rebuilt as pickle would (``__setstate__``, no validators run), so the
-value is the one that was returned. Classes are named by module and qualified name
-(Entity subclasses by their ``graftq_type``) and found only among classes this
-process defines: a name never imports or calls anything else.
+value is the one that was returned. Any other value (a dataclass, an `IPv4Address`,
+a `complex`, a `deque`...) is carried by a pydantic `TypeAdapter` of its own class,
+dumped as JSON and validated back, if that gives an equal value of the same class
+and holds no entity (an entity there would not be committed). A value with no
+typed form is an `EncodingError`, except across the fork, where it is pickled.
+Classes are named by module and qualified name (Entity subclasses by their
+``graftq_type``) and found only among classes this process defines: a name never
+imports or calls anything else.
+
+Records written before the pydantic tag may hold ``{"\\x00": "repr", "v": text}``
+for such values; they still decode, to that text.
 """
 
 from __future__ import annotations
@@ -35,12 +43,12 @@ import pathlib
 import sys
 import uuid
 from collections.abc import Callable
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 import cloudpickle
 import pydantic_core
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from pydantic_core import PydanticUndefined
 
 from graftq.errors import GraftError
@@ -156,15 +164,59 @@ class _Encoder:
             if cls in _SCALARS:
                 name, dump, _ = _SCALARS[cls]
                 return _tag(name, dump(value))
-        if self._pickles:
-            try:
-                return _tag("pickle", base64.b64encode(cloudpickle.dumps(value)).decode())
-            except Exception as exc:
-                raise EncodingError(
-                    f"cannot carry a {type(value).__name__} value back from the isolated "
-                    f"child: {exc}"
-                ) from exc
-        return _tag("repr", repr(value))
+        try:
+            return _by_pydantic(value)
+        except EncodingError:
+            if not self._pickles:
+                raise
+        try:
+            return _tag("pickle", base64.b64encode(cloudpickle.dumps(value)).decode())
+        except Exception as exc:
+            raise EncodingError(
+                f"cannot carry a {type(value).__name__} value back from the isolated child: {exc}"
+            ) from exc
+
+
+def _by_pydantic(value: Any) -> dict[str, Any]:
+    """`value` as the JSON of a TypeAdapter of its class, if that carries it faithfully."""
+    cls: type = type(value)
+    name = class_name(cls)
+    try:
+        adapter = _adapter(cls)
+        if find_class(name) is not cls:
+            raise EncodingError(f"another class is named {name} in this process")
+        data = adapter.dump_python(value, mode="json")
+        back = adapter.validate_python(data)
+        faithful = type(back) is cls and bool(back == value)
+    except Exception as exc:  # no schema, a class defined in a function, pydantic errors
+        raise EncodingError(f"a {name} value has no typed form: {exc}") from None
+    if not faithful:
+        raise EncodingError(
+            f"a {name} value has no typed form: pydantic would give back {back!r:.200} "
+            f"for {value!r:.200}"
+        )
+    return {TAG: "pydantic", "c": name, "v": data}
+
+
+@lru_cache(maxsize=256)
+def _adapter(cls: type) -> TypeAdapter[Any]:
+    """A TypeAdapter of `cls`, whose values hold no entity (it would not be committed)."""
+    adapter: TypeAdapter[Any] = TypeAdapter(cls)
+    if _names_an_entity(adapter.core_schema):
+        raise EncodingError(
+            f"{class_name(cls)} may hold entities, which graftq commits only directly, "
+            "in lists, tuples, dicts or pydantic models"
+        )
+    return adapter
+
+
+def _names_an_entity(schema: Any) -> bool:
+    if isinstance(schema, dict):
+        cls = schema.get("cls")
+        if isinstance(cls, type) and issubclass(cls, Entity):
+            return True
+        schema = list(schema.values())
+    return isinstance(schema, list) and any(_names_an_entity(item) for item in schema)
 
 
 def _tag(kind: str, value: Any) -> dict[str, Any]:
@@ -235,7 +287,10 @@ class _Decoder:
     def _path(self, data: dict[str, Any]) -> pathlib.Path:
         return pathlib.Path(data["v"])
 
-    def _repr(self, data: dict[str, Any]) -> str:
+    def _pydantic(self, data: dict[str, Any]) -> Any:
+        return _adapter(find_class(data["c"])).validate_python(data["v"])
+
+    def _repr(self, data: dict[str, Any]) -> str:  # only in records written before "pydantic"
         return str(data["v"])
 
     def _pickle(self, data: dict[str, Any]) -> Any:
@@ -258,14 +313,20 @@ def class_name(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def find_class(name: str, base: type) -> Any:
-    """The class `name` (see `class_name`) among those this process defines."""
+def find_class(name: str, base: type = object) -> Any:
+    """The class `name` (see `class_name`) among those this process defines.
+
+    One defined in a function is found among the subclasses of `base`, never of `object`.
+    """
     if name.startswith("entity:"):
         found: Any = entity_class(name.removeprefix("entity:"))
     else:
-        found = _module_attribute(name) or _subclass(name, base)
+        found = _module_attribute(name)
+        if found is None and base is not object:
+            found = _subclass(name, base)
     if not (isinstance(found, type) and issubclass(found, base)):
-        raise EncodingError(f"class {name} is not a {base.__name__} this process defines")
+        kind = "class" if base is object else base.__name__
+        raise EncodingError(f"{name} is not a {kind} this process defines")
     return found
 
 

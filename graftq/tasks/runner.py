@@ -97,7 +97,7 @@ def run_call(
             return replayed(store, hit)
         run = _Run(store, prepared, call, started, digest)
         try:
-            recorded = results.record(execute_body(store, prepared, call.zygote))
+            recorded = _recorded(info, execute_body(store, prepared, call.zygote))
             committed = store.commit(
                 recorded.entities,
                 branch=True,
@@ -258,6 +258,17 @@ def _admitted(info: CallableInfo, value: Any) -> Any:
             f"its return annotation {_annotation(info)} does not admit: {exc}"
         ) from None
     return value
+
+
+def _recorded(info: CallableInfo, value: Any) -> results.Recorded:
+    """The value as its execution records it; one with no typed form is a ReturnTypeError
+    (never recorded as something else, which the caller would get back instead)."""
+    try:
+        return results.record(value)
+    except encoding.EncodingError as exc:
+        raise ReturnTypeError(
+            f"callable {info.name!r} returned a value graftq cannot record: {exc}"
+        ) from None
 
 
 def _annotation(info: CallableInfo) -> str:
