@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
+from graftq.errors import InvalidEntity
+
 PathStep = Hashable
 Path = tuple[PathStep, ...]
 
@@ -22,15 +24,29 @@ def is_container(value: Any) -> bool:
 
 
 def leaves(value: Any, path: Path = ()) -> Iterator[tuple[Path, Any]]:
-    """Every leaf under `value` with its path, in document order."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from leaves(item, (*path, key))
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            yield from leaves(item, (*path, index))
-    else:
+    """Every leaf under `value` with its path, in document order.
+
+    A container inside itself is an `InvalidEntity` naming both paths (SPEC section 2:
+    no cycles), not a RecursionError.
+    """
+    return _leaves(value, path, {})
+
+
+def _leaves(value: Any, path: Path, walking: dict[int, Path]) -> Iterator[tuple[Path, Any]]:
+    """`leaves`, with the path of each container being walked by its id."""
+    if not is_container(value):
         yield path, value
+        return
+    if id(value) in walking:
+        raise InvalidEntity(
+            f"cycle: the {type(value).__name__} at {_dotted(walking[id(value)])} contains "
+            f"itself at {_dotted(path)}"
+        )
+    walking[id(value)] = path
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for step, item in items:
+        yield from _leaves(item, (*path, step), walking)
+    del walking[id(value)]
 
 
 def map_leaves(value: Any, change: Callable[[Any], Any]) -> Any:
@@ -42,6 +58,10 @@ def map_leaves(value: Any, change: Callable[[Any], Any]) -> Any:
     if isinstance(value, tuple):
         return rebuild_tuple(type(value), [map_leaves(item, change) for item in value])
     return change(value)
+
+
+def _dotted(path: Path) -> str:
+    return ".".join(str(step) for step in path) or "the top"
 
 
 def rebuild_tuple(kind: type[tuple[Any, ...]], items: list[Any]) -> tuple[Any, ...]:

@@ -24,7 +24,8 @@ value is the one that was returned. Any other value (a dataclass, an `IPv4Addres
 a `complex`, a `deque`...) is carried by a pydantic `TypeAdapter` of its own class,
 dumped as JSON and validated back, if that gives an equal value of the same class
 and holds no entity (an entity there would not be committed). A value with no
-typed form is an `EncodingError`, except across the fork, where it is pickled.
+typed form, and a list, dict, tuple or set inside itself (only models may form
+cycles), is an `EncodingError`, except across the fork, where it is pickled.
 Classes are named by module and qualified name (Entity subclasses by their
 ``graftq_type``) and found only among classes this process defines: a name never
 imports or calls anything else.
@@ -113,22 +114,46 @@ class _Encoder:
         self._entity = entity
         self._pickles = pickles
         self._models: dict[int, int] = {}  # id(model) -> its number, so sharing survives
+        self._walking: set[int] = set()  # ids of the containers whose items are being encoded
 
     def encode(self, value: Any) -> Any:
         kind = type(value)
         if kind in _JSON_SCALARS or (kind is float and value - value == 0):
             return value
         if kind is list:
-            return [self.encode(item) for item in value]
+            return self._inside(value, lambda: [self.encode(item) for item in value])
         if kind is dict:
-            if all(type(key) is str and not key.startswith(TAG) for key in value):
-                return {key: self.encode(item) for key, item in value.items()}
-            return _tag("dict", [[self.encode(k), self.encode(v)] for k, v in value.items()])
+            return self._inside(value, lambda: self._dict(value))
         if isinstance(value, BaseModel):
             if self._entity is not None and isinstance(value, Entity):
                 return self._entity(value)
             return self._model(value)
         return self._other(value)
+
+    def _inside(self, container: Any, encode: Callable[[], Any]) -> Any:
+        """`encode()` of a container's items; a container inside itself has no typed form
+        (a model may hold itself, a plain container may not: SPEC section 2)."""
+        if id(container) in self._walking:
+            cycle = EncodingError(
+                f"a {type(container).__name__} contains itself, where [...] or {{...}} "
+                f"shows: {container!r:.300}"
+            )
+            return self._untyped(container, cycle)
+        self._walking.add(id(container))
+        encoded = encode()
+        self._walking.discard(id(container))
+        return encoded
+
+    def _dict(self, value: dict[Any, Any]) -> Any:
+        if all(type(key) is str and not key.startswith(TAG) for key in value):
+            return {key: self.encode(item) for key, item in value.items()}
+        return _tag("dict", [[self.encode(k), self.encode(v)] for k, v in value.items()])
+
+    def _tuple(self, value: tuple[Any, ...]) -> Any:
+        tagged = _tag("tuple", [self.encode(item) for item in value])
+        if type(value) is not tuple:
+            tagged["c"] = class_name(type(value))
+        return tagged
 
     def _model(self, model: BaseModel) -> Any:
         if id(model) in self._models:  # the same object again (or a cycle): point back at it
@@ -149,13 +174,10 @@ class _Encoder:
         if isinstance(value, enum.Enum):
             return {TAG: "enum", "c": class_name(type(value)), "v": self.encode(value.value)}
         if isinstance(value, tuple):
-            tagged = _tag("tuple", [self.encode(item) for item in value])
-            if type(value) is not tuple:
-                tagged["c"] = class_name(type(value))
-            return tagged
+            return self._inside(value, lambda: self._tuple(value))
         if isinstance(value, set | frozenset):
             kind = "set" if isinstance(value, set) else "frozenset"
-            return _tag(kind, [self.encode(item) for item in value])
+            return self._inside(value, lambda: _tag(kind, [self.encode(item) for item in value]))
         if isinstance(value, str | int):  # a subclass of a JSON scalar: keep the value
             return str(value) if isinstance(value, str) else int(value)
         if isinstance(value, pathlib.PurePath):
@@ -166,9 +188,13 @@ class _Encoder:
                 return _tag(name, dump(value))
         try:
             return _by_pydantic(value)
-        except EncodingError:
-            if not self._pickles:
-                raise
+        except EncodingError as exc:
+            return self._untyped(value, exc)
+
+    def _untyped(self, value: Any, reason: EncodingError) -> Any:
+        """A value with no typed form: `reason` is raised, unless it may be pickled."""
+        if not self._pickles:
+            raise reason
         try:
             return _tag("pickle", base64.b64encode(cloudpickle.dumps(value)).decode())
         except Exception as exc:

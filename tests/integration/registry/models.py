@@ -7,13 +7,15 @@ Pydantic model, hence the RUF012 exemption).
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from graftq.registry.entity import Entity
 from tests.apps.school import Address, Counter, Student
 
 __all__ = [
-    "Address", "Aliased", "Attachment", "Bag", "Binary", "Blob", "Computed", "Counter",
+    "Address", "Aliased", "Attachment", "Bag", "Binary", "Blob", "Box", "Computed", "Counter",
     "Course", "Floor", "Leaf", "Link", "Mail", "Node", "Site", "Student",
 ]  # fmt: skip
 
@@ -47,6 +49,12 @@ class Link(Entity):
 
     name: str
     child: Link | None = None
+
+
+class Box(Entity):
+    """Holds anything; assigning to `content` skips validation, so it can hold itself."""
+
+    content: Any = None
 
 
 class Node(Entity):

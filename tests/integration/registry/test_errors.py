@@ -17,6 +17,7 @@ from tests.integration.registry.models import (
     Attachment,
     Binary,
     Blob,
+    Box,
     Course,
     Link,
     Mail,
@@ -83,12 +84,34 @@ def twice_at_two_depths() -> Course:
     return Course(title="c", mentor=Student(name="s", age=1, address=home), stops=(home,))
 
 
+def list_inside_itself() -> Box:
+    box = Box(content=[1])
+    box.content.append(box.content)
+    return box
+
+
+def dict_inside_itself_under_a_sub_entity() -> Box:
+    inner = Box(content={"a": {}})
+    inner.content["a"]["back"] = inner.content
+    return Box(content=[inner])
+
+
+def tuple_inside_itself() -> Box:
+    inner: list[object] = []
+    outer = (inner,)
+    inner.append(outer)
+    return Box(content=outer)
+
+
 @pytest.mark.parametrize(
     "make",
     [
         two_link_cycle,
         self_cycle,
         deep_cycle,
+        list_inside_itself,
+        dict_inside_itself_under_a_sub_entity,
+        tuple_inside_itself,
         twice_in_a_list,
         twice_in_two_fields,
         twice_in_nested_containers,
@@ -145,6 +168,11 @@ def test_cycle_and_twice_messages_give_paths_from_the_root(reg: EntityRegistry, 
     with pytest.raises(InvalidEntity) as caught:
         reg.put(root)
     assert paths in str(caught.value)
+
+
+def test_a_container_inside_itself_is_named_where_it_loops(reg: EntityRegistry) -> None:
+    with pytest.raises(InvalidEntity, match=r"dict at content contains itself at content\.a\.back"):
+        reg.put(dict_inside_itself_under_a_sub_entity())
 
 
 def test_one_object_twice_in_a_stored_tree_is_invalid(

@@ -3,7 +3,8 @@
 A dataclass, an `IPv4Address`, a `complex`, a `deque` — at the top, in containers or
 as a plain model's field — come back of the same classes with the same values, from
 `execute` (fork and inline) and from the execution record `Job.get` replays. A value
-that nothing can carry is a `ReturnTypeError` with nothing committed, never a repr.
+that nothing can carry is a `ReturnTypeError` with nothing committed, never a repr;
+so is a container that holds itself (SPEC section 2: no cycles), never a RecursionError.
 """
 
 from __future__ import annotations
@@ -137,6 +138,33 @@ def test_a_value_nothing_can_carry_is_a_return_type_error_committing_nothing(
         app.execute(name, {"n": 1})
 
     assert shown in str(caught.value) and name in str(caught.value)
+    only_a_failure_record(redis_client, before, "ReturnTypeError")
+
+
+def list_inside_itself() -> Any:
+    items: list[Any] = [1]
+    items.append(items)
+    return items
+
+
+def dict_inside_itself_through_a_model() -> Any:
+    shape = Shape(corner=Point(0))
+    loop = [shape]
+    shape.extras["loop"] = loop
+    return {"shapes": loop}
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+@pytest.mark.parametrize("make", [list_inside_itself, dict_inside_itself_through_a_model])
+def test_a_container_inside_itself_is_a_return_type_error_committing_nothing(
+    app: App, redis_client: redis.Redis, make: Any, isolation: str
+) -> None:
+    name = register_returning(app, make(), Any, isolation)
+    before = snapshot(redis_client)
+
+    with pytest.raises(ReturnTypeError, match="contains itself"):
+        app.execute(name, {"n": 1})
+
     only_a_failure_record(redis_client, before, "ReturnTypeError")
 
 

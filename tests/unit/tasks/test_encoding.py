@@ -46,3 +46,14 @@ def test_a_class_made_in_a_function_has_no_record_form_but_crosses_the_fork() ->
 
 def test_records_of_the_repr_era_still_read_back() -> None:
     assert encoding.decode({encoding.TAG: "repr", "v": "Span(start=1)"}) == "Span(start=1)"
+
+
+def test_a_container_inside_itself_is_refused_not_a_recursion_error() -> None:
+    inner: dict[str, Any] = {}
+    value = [(inner,)]
+    inner["back"] = value
+
+    with pytest.raises(
+        encoding.EncodingError, match=r"list contains itself.*\[\(\{'back': \[\.\.\.\]\},\)\]"
+    ):
+        encoding.dumps(value)
