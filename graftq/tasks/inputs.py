@@ -70,6 +70,26 @@ def input_digest(info: CallableInfo, input_data: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
+def same_job(done: Execution, info: CallableInfo, digest: str | None) -> Execution:
+    """`done`, if it is the record of this very job; an id reused by another job is refused.
+
+    `digest` is the job's `input_digest`, None when its input is not known (then only
+    the callable is compared); a record without a digest (an older one) is taken on its
+    callable alone too.
+    """
+    if done.callable != info.name:
+        raise GraftError(
+            f"execution {done.id} is already recorded for callable {done.callable!r}; "
+            f"refusing to answer a job of {info.name!r} with its result (reused task id?)"
+        )
+    if digest is not None and done.input_digest is not None and done.input_digest != digest:
+        raise GraftError(
+            f"execution {done.id} of {info.name!r} is already recorded with other inputs "
+            f"({done.inputs}); refusing to answer this job with its result (reused task id?)"
+        )
+    return done
+
+
 def store_entities(store: EntityRegistry, givens: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The inputs with their Entity objects stored and replaced by pinned references.
 

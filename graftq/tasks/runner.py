@@ -20,14 +20,14 @@ from typing import Any
 
 import pydantic
 
-from graftq.errors import GraftError, ReturnTypeError, VersionConflict
+from graftq.errors import ReturnTypeError, VersionConflict
 from graftq.registry import commit
 from graftq.registry.execution import Execution, ExecutionStatus
 from graftq.registry.overlay import isolate_stores
 from graftq.registry.store import Announcement, EntityRegistry
 from graftq.tasks import encoding, results
 from graftq.tasks.callables import CallableInfo
-from graftq.tasks.inputs import Done, Prepared, input_digest, prepare
+from graftq.tasks.inputs import Done, Prepared, input_digest, prepare, same_job
 from graftq.tasks.isolation import Zygote, run_isolated
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def run_call(
         announce = call.announce if attempt == 1 else None
         prepared = prepare(store, info, input_data, replay_of=replay_of, announce=announce)
         if isinstance(prepared, Done):  # a redelivery of a job that already committed
-            return replayed(store, _same_job(prepared.execution, info, digest))
+            return replayed(store, same_job(prepared.execution, info, digest))
         memo_key = _memo_key(store, prepared)
         if memo_key and (hit := store.memoized(memo_key)) is not None:
             return replayed(store, hit)
@@ -122,7 +122,7 @@ def run_call(
             raise
         assert committed.execution is not None
         if committed.replayed:
-            return replayed(store, _same_job(committed.execution, info, digest))
+            return replayed(store, same_job(committed.execution, info, digest))
         value = results.rebuild(recorded.data, committed.entities)
         return Ran(value, committed.execution, committed=True)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -161,21 +161,6 @@ class _Run:
             self.store.commit([], execution=failed)
         except Exception:  # the run's own error matters more than its record (Redis down?)
             log.warning("no record of failed execution %s", self.call.execution_id, exc_info=True)
-
-
-def _same_job(done: Execution, info: CallableInfo, digest: str) -> Execution:
-    """`done`, if it is the record of this very job; an id reused by another job is refused."""
-    if done.callable != info.name:
-        raise GraftError(
-            f"execution {done.id} is already recorded for callable {done.callable!r}; "
-            f"refusing to answer a job of {info.name!r} with its result (reused task id?)"
-        )
-    if done.input_digest is not None and done.input_digest != digest:
-        raise GraftError(
-            f"execution {done.id} of {info.name!r} is already recorded with other inputs "
-            f"({done.inputs}); refusing to answer this job with its result (reused task id?)"
-        )
-    return done
 
 
 def _backoff(attempt: int) -> float:

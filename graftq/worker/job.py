@@ -17,9 +17,9 @@ from graftq.registry.store import EntityRegistry
 from graftq.settings import Settings
 from graftq.tasks import results
 from graftq.tasks.callables import CallableInfo
-from graftq.tasks.inputs import prepare, prepare_many, validation_error
+from graftq.tasks.inputs import input_digest, prepare, prepare_many, same_job, validation_error
 from graftq.worker.connections import reachable, wait
-from graftq.worker.message import META
+from graftq.worker.message import META, delivered
 
 
 class JobStatus(StrEnum):
@@ -37,7 +37,13 @@ TERMINAL = frozenset({JobStatus.SUCCESS, JobStatus.FAILURE, JobStatus.REVOKED})
 
 
 class Job:
-    """A submitted job. `id` is the Celery task id, which is also the execution id."""
+    """A submitted job. `id` is the Celery task id, which is also the execution id.
+
+    `sent` is the input its message carried, when known: `get` answers only with the
+    record of a job of this callable on that input. A task id reused by another job
+    leaves the first one's SUCCESS in Celery's result backend (it never overwrites a
+    success with the later refusal), so that check is what tells the two apart.
+    """
 
     def __init__(
         self,
@@ -45,11 +51,13 @@ class Job:
         info: CallableInfo,
         store: Callable[[], EntityRegistry],
         settings: Settings,
+        sent: dict[str, Any] | None = None,
     ) -> None:
         self._result = result
         self._info = info
         self._store = store
         self._settings = settings  # how long to wait on an unanswering server
+        self._sent = sent
 
     def __repr__(self) -> str:
         return f"<graftq.Job {self.id} {self._info.name} {self.status}>"
@@ -77,7 +85,8 @@ class Job:
         """The typed result, entities loaded at their committed versions.
 
         Re-raises the function's exception (its own type when importable here);
-        `JobTimeout` after `timeout` seconds.
+        `GraftError` if the execution recorded under this id is another job's (a reused
+        task id); `JobTimeout` after `timeout` seconds.
         """
         from celery import exceptions as celery_errors
 
@@ -106,7 +115,16 @@ class Job:
                     f"job {self.id} ({self._info.name}) succeeded but its execution record "
                     f"{payload['execution_id']} is missing from the store"
                 )
+            same_job(execution, self._info, self._digest(execution.id))
             return results.replay(store, execution.result, execution.outputs)
+
+    def _digest(self, execution_id: str) -> str | None:
+        """The `input_digest` the worker made of this job's input, if `execution_id` is this
+        job's own record and its input is known. A memoized job answers with another
+        execution's record, made from its own input: only its callable is compared."""
+        if self._sent is None or execution_id != self.id:
+            return None
+        return input_digest(self._info, delivered(self._sent))
 
     def _wait(self, timeout: float | None) -> Any:
         """Celery's result, waited for in pieces of one connection wait each.
@@ -181,7 +199,7 @@ def submit(
     args = [prepared.given]
     shown = {"argsrepr": _shown(args), "kwargsrepr": _shown(kwargs)}
     result = celery_app.send_task(task, args=args, kwargs=kwargs, **shown, **dict(options or {}))
-    return Job(result, info, store, settings)
+    return Job(result, info, store, settings, sent=prepared.given)
 
 
 def submit_many(
@@ -224,7 +242,10 @@ def submit_many(
             for one in prepared
         ]
         events.publish_all(producer)
-    return [Job(result, info, store, settings) for result in results]
+    return [
+        Job(result, info, store, settings, sent=one.given)
+        for result, one in zip(results, prepared, strict=True)
+    ]
 
 
 class _SentEvents:

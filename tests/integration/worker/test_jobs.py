@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,46 @@ def test_exception_types_round_trip(
     assert type(caught.value) is raised
     assert job.status == "FAILURE"
     failure_record(app, job.id, f"{raised.__name__}: ")
+
+
+def test_a_reused_task_id_is_refused_never_answered_with_another_jobs_result(
+    app: App, shared_worker: Node
+) -> None:
+    task_id = f"reused-{uuid.uuid4().hex[:8]}"
+    first = app.submit("bonus", {"student_age": 2, "bonus_amount": 1.5}, task_id=task_id)
+    assert first.get(timeout=30) == 3.0
+    student = app.entities.put(Student(name="Gus", age=80))
+
+    # Celery's result backend keeps the first job's SUCCESS over the refusals that follow,
+    # so these can only be told apart by what the execution record says it ran.
+    other_inputs = app.submit("bonus", {"student_age": 20, "bonus_amount": 1.5}, task_id=task_id)
+    other_callable = app.submit("birthday", {"student": f"@{student.lineage_id}"}, task_id=task_id)
+
+    with pytest.raises(graftq.GraftError, match=f"execution {task_id} of 'bonus' .* other inputs"):
+        other_inputs.get(timeout=30)
+    refused = f"execution {task_id} is already recorded for callable 'bonus'"
+    with pytest.raises(graftq.GraftError, match=refused):
+        other_callable.get(timeout=30)
+    with pytest.raises(graftq.GraftError, match=refused):
+        app.job(task_id, "birthday").get(timeout=30)
+    assert app.job(task_id, "bonus").get(timeout=30) == 3.0  # the first job's own result
+    again = app.submit("bonus", {"student_age": 2, "bonus_amount": 1.5}, task_id=task_id)
+    assert again.get(timeout=30) == 3.0  # the same job resent: its recorded result
+
+    def worker_said(what: str) -> int:
+        return shared_worker.proc.log().count(what)
+
+    # The worker refuses the other jobs too, replays the resent one, and is done with
+    # all of them before the next test's clean store.
+    wait_until(
+        lambda: (
+            worker_said(f'bonus[{task_id}] FAILURE error="GraftError: execution') == 1
+            and worker_said(f'birthday[{task_id}] FAILURE error="GraftError: execution') == 1
+            and worker_said(f"bonus[{task_id}] SUCCESS") == 2
+        ),
+        60,
+        "the worker refused both reuses and replayed the resent job",
+    )
 
 
 def test_wrong_return_type_arrives_as_return_type_error_and_commits_nothing(app: App) -> None:
