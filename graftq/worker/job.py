@@ -17,6 +17,7 @@ from graftq.registry.store import EntityRegistry
 from graftq.settings import Settings
 from graftq.tasks import results
 from graftq.tasks.callables import CallableInfo
+from graftq.tasks.exceptions import rebuilt
 from graftq.tasks.inputs import input_digest, prepare, prepare_many, same_job, validation_error
 from graftq.worker.connections import reachable, wait
 from graftq.worker.message import META, delivered
@@ -84,11 +85,12 @@ class Job:
     def get(self, timeout: float | None = None) -> Any:
         """The typed result, entities loaded at their committed versions.
 
-        Re-raises the function's exception (its own type when importable here);
+        Re-raises the function's exception (its own type when its module is loaded here);
         `GraftError` if the execution recorded under this id is another job's (a reused
         task id); `JobTimeout` after `timeout` seconds.
         """
         from celery import exceptions as celery_errors
+        from celery.utils.serialization import UnpickleableExceptionWrapper
 
         try:
             with reachable(self._settings):
@@ -107,6 +109,8 @@ class Job:
             ) from None
         except InvalidInput as exc:
             raise _validation_error(exc) from None
+        except UnpickleableExceptionWrapper as exc:
+            raise _unwrapped(exc) from None
         with reachable(self._settings):
             store = self._store()
             execution = store.execution(payload["execution_id"])
@@ -165,6 +169,17 @@ class Job:
             await asyncio.sleep(delay)
             delay = min(delay * 2, poll)
         return await asyncio.to_thread(self.get, 5.0)
+
+
+def _unwrapped(wrapper: Any) -> Exception:
+    """The function's exception as its own type again, when this process has it loaded.
+
+    A worker sends an exception pickle cannot carry (its ``__init__`` wants more than
+    its args, say) as Celery's ``UnpickleableExceptionWrapper`` of its type's name and
+    args; Celery's own ``restore`` would make a look-alike class of that name.
+    """
+    exc = rebuilt(wrapper.exc_module, wrapper.exc_cls_name, wrapper.exc_args or ())
+    return exc if isinstance(exc, Exception) else wrapper
 
 
 def _validation_error(exc: InvalidInput) -> Exception:

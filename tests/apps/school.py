@@ -48,6 +48,15 @@ class Boom(Exception):
     """A custom exception type that must survive the trip back."""
 
 
+class QuotaError(Exception):
+    """A custom exception whose __init__ takes more than its message: it must come back as
+    itself all the same (its `limit`, set only by __init__, may not)."""
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
 GATE_TIMEOUT = 120.0  # seconds a held body waits for its gate before it gives up
 
 
@@ -111,6 +120,14 @@ def make_app(name: str = "school") -> App:
     @app.register
     def fail_custom(message: str) -> int:
         raise Boom(message)
+
+    @app.register
+    def over_quota(n: int) -> int:
+        raise QuotaError(f"quota of {n} exceeded", n)
+
+    @app.register(isolation="none")
+    def over_quota_inline(n: int) -> int:
+        raise QuotaError(f"quota of {n} exceeded", n)
 
     @app.register
     def wrong_type(student: Student) -> GraduateStudent:

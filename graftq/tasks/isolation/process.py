@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import importlib
 import inspect
 import os
 import pickle
@@ -30,6 +29,7 @@ from typing import Any
 import cloudpickle
 
 from graftq.errors import IsolationError
+from graftq.tasks.exceptions import rebuilt
 
 RESULT, ERROR = b"R", b"E"
 HEADER = struct.Struct("!cQ")
@@ -62,26 +62,13 @@ def remote_error(payload: bytes, where: str) -> BaseException:
     with contextlib.suppress(Exception):
         exc = pickle.loads(info["exc"]) if info["exc"] is not None else None
     if not isinstance(exc, BaseException):
-        exc = _rebuild(info["module"], info["qualname"], info["message"])
+        exc = rebuilt(info["module"], info["qualname"], [info["message"]], load=True)
     if exc is None:
         exc = IsolationError(f"{where} raised {remote}: {info['message']}")
     elif not isinstance(exc, Exception):  # re-raising SystemExit here would end this process
         exc = IsolationError(f"{where} raised {exc!r}")
     exc.add_note("Remote traceback (isolated child):\n" + info["traceback"])
     return exc
-
-
-def _rebuild(module: str, qualname: str, message: str) -> BaseException | None:
-    """The named exception type built from the message, if this process can."""
-    try:
-        obj: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-        if isinstance(obj, type) and issubclass(obj, BaseException):
-            return obj(message)
-    except Exception:
-        return None
-    return None
 
 
 def send(sock: socket.socket, kind: bytes, payload: bytes) -> None:

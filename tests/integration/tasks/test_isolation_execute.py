@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from graftq import App, EntityRegistry, IsolationError, ReturnTypeError, TimeLimitExceeded
-from tests.apps.school import Boom, Student
+from tests.apps.school import Boom, QuotaError, Student
 from tests.entities import put_student
 from tests.processes import kill, lives, proc_in
 from tests.redis_state import changed_keys, exec_keys, only_a_failure_record, snapshot
@@ -148,6 +148,15 @@ def test_custom_exception_type_survives(app: App) -> None:
 
     assert type(caught.value) is Boom
     assert str(caught.value) == "kaboom"
+
+
+@pytest.mark.parametrize("name", ["over_quota", "over_quota_inline"])
+def test_exception_with_its_own_init_keeps_its_type(app: App, name: str) -> None:
+    with pytest.raises(QuotaError) as caught:
+        app.execute(name, {"n": 3})
+
+    assert type(caught.value) is QuotaError
+    assert str(caught.value) == "quota of 3 exceeded"
 
 
 def test_wrong_return_type_commits_nothing(

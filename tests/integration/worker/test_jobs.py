@@ -13,7 +13,7 @@ import pytest
 
 import graftq
 from graftq import App
-from tests.apps.school import Boom, Counter, Student
+from tests.apps.school import Boom, Counter, QuotaError, Student
 from tests.entities import chain_from_head, put_counter
 from tests.integration.worker.conftest import Node
 from tests.processes import lives, read_proc, wait_until
@@ -121,6 +121,8 @@ def test_hanging_job_hits_its_time_limit_and_the_worker_keeps_serving(
         ("fail", {"message": "no such course"}, ValueError, "no such course"),
         ("fail_custom", {"message": "kaboom"}, Boom, "kaboom"),
         ("crash", {"how": "exit"}, graftq.IsolationError, "exited with status 3"),
+        ("over_quota", {"n": 3}, QuotaError, "quota of 3 exceeded"),
+        ("over_quota_inline", {"n": 4}, QuotaError, "quota of 4 exceeded"),
     ],
 )
 def test_exception_types_round_trip(

@@ -52,6 +52,14 @@ class LockedError(Exception):
         self.lock = threading.Lock()
 
 
+class QuotaError(Exception):
+    """Cannot be unpickled (its __init__ wants more than its args): made without __init__."""
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
 class Interrupted(Exception):
     """Raised by a test signal handler to interrupt the parent mid-wait."""
 
@@ -189,6 +197,18 @@ def test_unpicklable_exception_is_rebuilt_from_its_name() -> None:
 
     with pytest.raises(LockedError, match="locked 7") as info:
         run(fail)
+    assert NOTE in info.value.__notes__[0]
+
+
+def test_exception_whose_init_wants_more_than_its_message_keeps_its_class() -> None:
+    def fail() -> None:
+        raise QuotaError("quota of 3 exceeded", 3)
+
+    with pytest.raises(QuotaError) as info:
+        run(fail)
+    assert type(info.value) is QuotaError and str(info.value) == "quota of 3 exceeded"
+    assert info.value.args == ("quota of 3 exceeded",)
+    assert not hasattr(info.value, "limit")  # set only by the __init__ that was not called
     assert NOTE in info.value.__notes__[0]
 
 
