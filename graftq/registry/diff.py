@@ -13,6 +13,8 @@ from datetime import datetime
 from typing import Any
 from uuid import uuid4
 
+import pydantic_core
+
 from graftq.errors import InvalidEntity
 from graftq.registry.tree import Node, encode, nodes, own_data
 
@@ -114,7 +116,13 @@ def _new_version(
         "kids": kids,
         "data": data,
     }
-    return Version(new_id, lineage, parent, doc, encode(doc))
+    try:
+        text = encode(doc)
+    except pydantic_core.PydanticSerializationError as exc:  # e.g. a str with a lone surrogate
+        raise InvalidEntity(
+            f"{type_name} {ecs_id}: its data cannot be stored as JSON text: {exc}"
+        ) from None
+    return Version(new_id, lineage, parent, doc, text)
 
 
 def _expect(result: Plan, lineage_id: str, parent_id: str | None) -> None:

@@ -239,6 +239,17 @@ def test_bytes_that_are_not_utf8_are_invalid_naming_class_id_and_path(
     assert snapshot(redis_client) == before
 
 
+def test_text_json_cannot_carry_is_invalid_naming_class_and_id(
+    reg: EntityRegistry, redis_client: redis.Redis
+) -> None:
+    lone = Student(name="a\ud800b", age=1)  # a lone surrogate: no UTF-8, so no JSON text
+    before = snapshot(redis_client)
+
+    with pytest.raises(InvalidEntity, match=f"Student {lone.ecs_id}: .* as JSON"):
+        reg.put(lone)
+    assert snapshot(redis_client) == before
+
+
 def test_base64_bytes_round_trip_at_any_depth(
     reg: EntityRegistry, redis_client: redis.Redis
 ) -> None:
