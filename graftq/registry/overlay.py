@@ -29,11 +29,40 @@ def isolated() -> bool:
     return _isolated
 
 
+# What a redis-py pool adds to its connections' settings itself: objects of that pool,
+# which a new pool makes anew.
+_MADE_BY_THE_POOL = frozenset({"maint_notifications_pool_handler", "himport_registry"})
+
+
+def _own_client(client: redis.Redis) -> redis.Redis:
+    """`client` again, on a connection pool of this process's own.
+
+    An isolated call's process was forked, maybe from one thread of many (`aexecute`,
+    a web server's thread pool): the pool it inherited may be locked by a thread that
+    does not exist here, and redis-py's reset of a pool after a fork takes that lock,
+    so the first read would wait forever. A new pool with the same settings has no
+    such past.
+    """
+    import copy
+
+    pool = client.connection_pool
+    settings = {
+        name: value
+        for name, value in pool.connection_kwargs.items()
+        if name not in _MADE_BY_THE_POOL
+    }
+    own = copy.copy(client)  # the same client class and attributes, another pool
+    own.connection_pool = type(pool)(
+        connection_class=pool.connection_class, max_connections=pool.max_connections, **settings
+    )
+    return own
+
+
 class OverlayClient:
     """Reads from Redis through `base`, keeps every write to itself."""
 
     def __init__(self, base: redis.Redis) -> None:
-        self._base = base
+        self._base = _own_client(base)
         self.strings: dict[str, str] = {}
         self.lists: dict[str, list[str]] = {}
         self.sets: dict[str, set[str]] = {}

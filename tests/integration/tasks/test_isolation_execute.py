@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import faulthandler
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,6 +72,39 @@ def test_body_reads_the_store_but_its_writes_stay_private(
     changed = changed_keys(before, snapshot(redis_client))
     assert changed == exec_keys(changed) and len(changed) == 1
     assert store.head(student.lineage_id).age == 20
+
+
+def test_a_body_reads_the_store_though_another_thread_held_its_pool_at_the_fork(
+    app: App, store: EntityRegistry
+) -> None:
+    # aexecute, or a web server's thread pool, forks from one thread of many: another may
+    # hold the store's connection pool lock just then, and the child must not wait for it
+    @app.register(time_limit=10)
+    def head_age(lineage: str) -> int:
+        return app.entities.head(lineage).age
+
+    student = put_student(store)
+    lock = getattr(store.client.connection_pool, "_lock", None)
+    if lock is None:
+        pytest.skip("this redis-py's pool has no lock to hold")
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            done.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    threading.Timer(2.0, done.set).start()  # long after the fork; then the commit may go on
+    try:
+        # no store read before the fork (literal input): the child forks with the lock held
+        age = app.execute("head_age", {"lineage": str(student.lineage_id)})
+    finally:
+        done.set()
+        holder.join(30)
+    assert age == 20
 
 
 def test_body_globals_do_not_leak(app: App) -> None:
