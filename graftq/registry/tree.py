@@ -228,9 +228,14 @@ def _assemble(
 
 
 def _validated(doc: dict[str, Any], data: dict[str, Any], fresh: bool) -> Entity:
+    """The entity `data` (its JSON form, sub-entities built) makes, validated as its class.
+
+    Not strictly, whatever the class says: its JSON form holds a datetime or a UUID as
+    text, a tuple as a list and an enum as its value, which strict validation refuses.
+    """
     cls = entity_class(doc["type"])
     try:
-        return cls.model_validate(data, by_alias=False, by_name=True)
+        return cls.model_validate(data, by_alias=False, by_name=True, strict=False)
     except ValidationError as exc:
         if fresh:
             raise

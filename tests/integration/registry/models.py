@@ -7,16 +7,21 @@ Pydantic model, hence the RUF012 exemption).
 
 from __future__ import annotations
 
-from typing import Any
+import datetime
+import enum
+import uuid
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import Strict as StrictType
 
 from graftq.registry.entity import Entity
 from tests.apps.school import Address, Counter, Student
 
 __all__ = [
     "Address", "Aliased", "Attachment", "Bag", "Binary", "Blob", "Box", "Computed", "Counter",
-    "Course", "Floor", "Leaf", "Link", "Mail", "Node", "Site", "Student",
+    "Course", "Floor", "Leaf", "Link", "Mail", "Node", "Site", "Strict", "StrictFields",
+    "Student",
 ]  # fmt: skip
 
 
@@ -121,3 +126,24 @@ class Mail(Entity):
     binaries: list[Binary] = []
     chunks: list[bytes] = []
     attachments: dict[str, Attachment] = {}
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+class StrictFields(Entity):
+    """Fields validated strictly: their JSON forms (text, lists, values) are not."""
+
+    when: datetime.datetime = Field(strict=True)
+    ref: Annotated[uuid.UUID, StrictType()]
+    pair: tuple[int, int] = Field(strict=True)
+    color: Color = Field(strict=True)
+
+
+class Strict(Entity):
+    """A whole model validated strictly, the identity fields included."""
+
+    model_config = ConfigDict(strict=True)
+    value: int
+    inner: StrictFields | None = None

@@ -12,6 +12,7 @@ from graftq.errors import InvalidEntity, VersionConflict
 from graftq.registry.store import EntityRegistry
 from tests.apps.school import Address, Student
 from tests.entities import ids, strip
+from tests.integration.registry.models import Color, Strict, StrictFields
 from tests.redis_state import snapshot
 
 
@@ -304,3 +305,14 @@ def test_mutating_the_returned_copy_does_not_change_the_store(reg: EntityRegistr
     stored.friends.clear()
 
     assert reg.get(expected["ecs_id"]).model_dump() == expected
+
+
+def test_strict_models_and_fields_are_stored_and_read_back(reg: EntityRegistry) -> None:
+    fields = StrictFields(when=datetime.now(UTC), ref=uuid4(), pair=(1, 2), color=Color.RED)
+    strict = Strict(value=1, inner=fields)
+
+    stored = reg.put(strict)
+    assert reg.get(stored.ecs_id) == stored
+    assert stored.inner is not None and stored.inner.pair == (1, 2)
+    assert reg.get(stored.inner.ecs_id).color is Color.RED
+    assert reg.put(reg.get(stored.ecs_id)).ecs_id == stored.ecs_id  # unchanged: not written
