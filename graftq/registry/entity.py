@@ -6,6 +6,7 @@ looked up here, never imported from a module named by data in Redis.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 from uuid import UUID, uuid4
@@ -63,3 +64,30 @@ def entity_class(type_name: str) -> type[Entity]:
             f"stored entity type {type_name!r} is not defined in this process; "
             "import the module that defines it before loading"
         ) from None
+
+
+def register(cls: type[Entity]) -> None:
+    """Make `cls` the class of its type name (what its definition does), again.
+
+    cloudpickle rebuilds a class that travels by value (one made in a function or in
+    `__main__`, with a published function) from a skeleton that is defined first, under
+    another name, and then given the class's own: that skeleton is what its definition
+    registered. Loading a second function that names the class gives back the class
+    already rebuilt, after defining yet another skeleton. So whoever loads such a
+    function registers the classes it names itself.
+    """
+    _ENTITY_TYPES[cls.graftq_type] = cls
+
+
+def entity_classes(schema: Any) -> Iterator[type[Entity]]:
+    """Every Entity class a pydantic core schema names, at any depth."""
+    todo = [schema]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            cls = item.get("cls")
+            if isinstance(cls, type) and issubclass(cls, Entity):
+                yield cls
+            todo.extend(item.values())
+        elif isinstance(item, list | tuple):
+            todo.extend(item)

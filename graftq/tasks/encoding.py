@@ -54,7 +54,7 @@ from pydantic_core import PydanticUndefined
 
 from graftq.errors import GraftError
 from graftq.registry import containers
-from graftq.registry.entity import Entity, entity_class
+from graftq.registry.entity import Entity, entity_class, entity_classes
 
 TAG = "\x00"
 _SCALARS: dict[type, tuple[str, Callable[[Any], Any], Callable[[Any], Any]]] = {
@@ -228,21 +228,12 @@ def _by_pydantic(value: Any) -> dict[str, Any]:
 def _adapter(cls: type) -> TypeAdapter[Any]:
     """A TypeAdapter of `cls`, whose values hold no entity (it would not be committed)."""
     adapter: TypeAdapter[Any] = TypeAdapter(cls)
-    if _names_an_entity(adapter.core_schema):
+    if any(entity_classes(adapter.core_schema)):
         raise EncodingError(
             f"{class_name(cls)} may hold entities, which graftq commits only directly, "
             "in lists, tuples, dicts or pydantic models"
         )
     return adapter
-
-
-def _names_an_entity(schema: Any) -> bool:
-    if isinstance(schema, dict):
-        cls = schema.get("cls")
-        if isinstance(cls, type) and issubclass(cls, Entity):
-            return True
-        schema = list(schema.values())
-    return isinstance(schema, list) and any(_names_an_entity(item) for item in schema)
 
 
 def _tag(kind: str, value: Any) -> dict[str, Any]:

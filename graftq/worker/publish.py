@@ -30,6 +30,7 @@ import redis
 
 from graftq.errors import IsolationError, RegistrationError, SignatureError, UnknownCallable
 from graftq.registry import overlay
+from graftq.registry.entity import entity_classes, register
 from graftq.registry.keys import Keys
 from graftq.tasks.callables import CallableInfo, describe
 
@@ -186,5 +187,8 @@ class Functions:
             )
         func = cloudpickle.loads(payload)
         info = dataclasses.replace(describe(func, name=name, published=True), version=version)
+        schemas = (info.input_model.__pydantic_core_schema__, info.output_adapter.core_schema)
+        for cls in {cls for schema in schemas for cls in entity_classes(schema)}:
+            register(cls)  # a class that came by value with it: see `register`
         self._cache[(name, version)] = info
         return info

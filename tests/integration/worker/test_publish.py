@@ -154,3 +154,56 @@ def test_publishing_without_a_signing_key_is_refused(client_app: Callable[..., A
 
     assert "shout" not in app.callables
     assert app.functions.names() == []
+
+
+CONSUMER = """
+import sys
+from graftq import App
+
+app = App("consumer", signing_key="k1")
+first, second, lineage = sys.argv[1:]
+for name in (first, second):
+    if name == "read_local":
+        print(name, app.execute("read_local", {"item": "@" + lineage}))
+    else:
+        made = app.execute("make_local", {"x": 1})
+        print(name, type(made).__name__, made.v)
+"""
+
+
+@pytest.mark.parametrize("first", ["read_local", "make_local"])
+def test_published_functions_sharing_a_class_of_their_own_both_run_in_one_process(
+    redis_url: str, tmp_path: Path, first: str
+) -> None:
+    # A class made in a function travels by value with each function that names it; a
+    # process loading both gets one class back (cloudpickle's), and must store and read
+    # its entities as that class, whichever function came first.
+    class Local(graftq.Entity):
+        v: int
+
+    def make_local(x: int) -> Local:
+        return Local(v=x)
+
+    def read_local(item: Local) -> int:
+        return item.v
+
+    # this module's annotations are strings, which a class made in a function cannot resolve
+    make_local.__annotations__ = {"x": int, "return": Local}
+    read_local.__annotations__ = {"item": Local, "return": int}
+    app = App("producer", redis_url=redis_url, signing_key="k1")
+    app.publish(make_local)
+    app.publish(read_local)
+    stored = app.entities.put(Local(v=5))
+    second = "make_local" if first == "read_local" else "read_local"
+    script = tmp_path / "consumer.py"
+    script.write_text(CONSUMER)
+
+    ran = subprocess.run(
+        [sys.executable, str(script), first, second, str(stored.lineage_id)],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "GRAFTQ_REDIS_URL": redis_url},
+    )  # fmt: skip
+
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    lines = sorted(ran.stdout.splitlines())
+    assert lines == ["make_local Local 1", "read_local 5"], ran.stdout
