@@ -46,9 +46,9 @@ class Counter(Entity):
     value: int = 0
 
 
-def make_app(redis_url: str | None = None) -> App:
-    """The demo app, on its own key prefix and queue."""
-    app = App("graftq-demo", redis_url, key_prefix="graftq-demo")
+def make_app(redis_url: str | None = None, **settings: Any) -> App:
+    """The demo app, on its own key prefix and queue (`settings`: more App settings)."""
+    app = App("graftq-demo", redis_url, key_prefix="graftq-demo", **settings)
     app.celery.conf.task_default_queue = QUEUE
 
     @app.register
@@ -115,13 +115,18 @@ def run(console: Console | None = None) -> None:
     say = console.print
     url = Settings.from_env().redis_url
     server: RedisServer | None = None
+    private: dict[str, str] = {}  # broker and results, where they must not be the configured
     if not _reachable(url):
         server = RedisServer().start()
         url = server.url
+        private = {"broker_url": url, "result_backend": url}  # all on the private Redis
         say(f"no Redis answered; started a private one at {url} (pid {server.pid})")
-    demo = make_app(url)
+    demo = make_app(url, **private)
+    env = {f"GRAFTQ_{name.upper()}": value for name, value in private.items()}
     try:
-        with WorkerProcess("graftq.demo:app", url, concurrency=2, extra=["-Q", QUEUE]) as worker:
+        with WorkerProcess(
+            "graftq.demo:app", url, concurrency=2, extra=["-Q", QUEUE], env=env
+        ) as worker:
             say(f"started a graftq worker (pid {worker.pid}) with a prefork pool of 2")
             _jobs(demo, console)
     finally:

@@ -86,7 +86,10 @@ def _gone(
 
 def test_demo_without_redis_starts_and_stops_a_private_one() -> None:
     port = free_port()
-    env = clean_env(GRAFTQ_REDIS_URL=f"redis://127.0.0.1:{port}/0")
+    nowhere = f"redis://127.0.0.1:{port}/0"  # store, broker and results all unreachable
+    env = clean_env(
+        GRAFTQ_REDIS_URL=nowhere, GRAFTQ_BROKER_URL=nowhere, GRAFTQ_RESULT_BACKEND=nowhere
+    )
     code, text, seen = run_demo(env)
     assert code == 0, text
     assert "started a private" in text
