@@ -74,7 +74,9 @@ def _walk(entity: Entity, at: Path, on_path: dict[int, Path], seen: dict[int, Pa
 
 
 def _sub_entities(entity: Entity) -> Iterator[tuple[Path, Entity]]:
-    for name in type(entity).model_fields:
+    """The entities in `entity`'s fields, its extra ones (``extra="allow"``) included."""
+    extra = list(entity.__pydantic_extra__ or ())
+    for name in [*type(entity).model_fields, *extra]:
         if name in IDENTITY_FIELDS:
             continue
         value = getattr(entity, name)

@@ -20,8 +20,8 @@ from tests.apps.school import Address, Counter, Student
 
 __all__ = [
     "Address", "Aliased", "Attachment", "Bag", "Binary", "Blob", "Box", "Computed", "Counter",
-    "Course", "Floor", "Leaf", "Link", "Mail", "Node", "Site", "Strict", "StrictFields",
-    "Student",
+    "Course", "Floor", "Leaf", "Link", "Loose", "Mail", "Node", "Site", "Strict",
+    "StrictFields", "Student",
 ]  # fmt: skip
 
 
@@ -147,3 +147,10 @@ class Strict(Entity):
     model_config = ConfigDict(strict=True)
     value: int
     inner: StrictFields | None = None
+
+
+class Loose(Entity):
+    """Extra fields allowed: entities in them are sub-entities like any other."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str

@@ -15,6 +15,7 @@ from tests.integration.registry.models import (
     Course,
     Floor,
     Leaf,
+    Loose,
     Site,
     Student,
 )
@@ -293,3 +294,18 @@ def test_computed_fields_round_trip(reg: EntityRegistry) -> None:
     reg.put(original)
     read = reg.get(original.ecs_id)
     assert isinstance(read, Computed) and read.double == 4
+
+
+def test_entities_in_extra_fields_are_versioned_sub_entities(reg: EntityRegistry) -> None:
+    loose = Loose(name="l", home=Address(city="Paris"), stops=[Address(city="Lyon")])
+
+    stored = reg.put(loose)
+    home = stored.home  # type: ignore[attr-defined]
+    assert isinstance(home, Address) and reg.get(home.ecs_id) == home  # stored on its own
+    read = reg.get(stored.ecs_id)
+    assert read.home == home and read.stops[0].city == "Lyon"  # type: ignore[attr-defined]
+
+    read.home.city = "Nice"  # type: ignore[attr-defined]
+    moved = reg.put(read)
+    assert reg.head(home.lineage_id).city == "Nice"
+    assert moved.stops[0].ecs_id == stored.stops[0].ecs_id  # type: ignore[attr-defined]
