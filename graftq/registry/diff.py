@@ -54,7 +54,7 @@ def plan(
     """
     result = Plan(docs=dict(stored))
     done: dict[int, str] = {}
-    content: dict[str, tuple[Any, ...]] = {}
+    content: dict[str, list[_Seen]] = {}
     for tree in trees:
         for node in nodes(tree):
             done[id(node)] = _version_of(node, done, content, result, now, derived_from)
@@ -62,32 +62,52 @@ def plan(
     return result
 
 
+@dataclass(frozen=True)
+class _Seen:
+    """One content an entity id was given with in this commit, and the version it got."""
+
+    key: tuple[Any, ...]
+    version: str
+    new: bool
+
+
 def _version_of(
     node: Node,
     done: dict[int, str],
-    content: dict[str, tuple[Any, ...]],
+    content: dict[str, list[_Seen]],
     result: Plan,
     now: datetime,
     derived_from: str | None,
 ) -> str:
+    """The version `node`'s entity is stored as: reused if unchanged, else a new one.
+
+    An id may come more than once (the same entity through another root, or copies of
+    one version): each content the stored version has is that version; at most one other
+    content becomes its new version.
+    """
     entity = node.entity
     kids = [[list(path), done[id(kid)]] for path, kid in node.kids]
     data = own_data(entity, [path for path, _ in node.kids])
     key = (type(entity).graftq_type, data, kids)
     ecs_id = str(entity.ecs_id)
-    if ecs_id in content:  # the same entity reached again through another root
-        if content[ecs_id][0] != key:
-            raise InvalidEntity(f"entity {ecs_id} is given twice with different contents")
-        return str(content[ecs_id][1])
+    seen = content.setdefault(ecs_id, [])
+    for earlier in seen:
+        if earlier.key == key:  # the same content again
+            return earlier.version
     old = result.docs.get(ecs_id)
     if old is not None and (old["type"], old["data"], old["kids"]) == key:
-        content[ecs_id] = (key, ecs_id)
+        seen.append(_Seen(key, ecs_id, new=False))
         return ecs_id
+    if any(earlier.new for earlier in seen):
+        raise InvalidEntity(
+            f"entity {ecs_id} is given changed in two different ways in one commit; "
+            "a version has one successor per commit: store them one at a time"
+        )
     version = _new_version(entity.lineage_id, ecs_id, old, key, now, derived_from)
     _expect(result, version.lineage_id, version.parent_id)
     result.new.append(version)
     result.docs[version.ecs_id] = version.doc
-    content[ecs_id] = (key, version.ecs_id)
+    seen.append(_Seen(key, version.ecs_id, new=True))
     return version.ecs_id
 
 

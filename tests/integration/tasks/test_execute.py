@@ -11,7 +11,14 @@ import pydantic
 import pytest
 import redis
 
-from graftq import App, EntityRegistry, Execution, ExecutionStatus, UnknownCallable
+from graftq import (
+    App,
+    EntityRegistry,
+    Execution,
+    ExecutionStatus,
+    InvalidEntity,
+    UnknownCallable,
+)
 from tests.apps.school import Counter, GraduateStudent, Student
 from tests.entities import put_student
 from tests.redis_state import changed_keys, exec_keys, snapshot, version_keys
@@ -350,3 +357,40 @@ def test_literal_only_execution_records_its_inputs(app: App, redis_client: redis
     assert run.inputs == {"student_age": 3, "bonus_amount": 0.5}
     assert run.outputs == []
     assert run.result == 1.5
+
+
+@pytest.mark.parametrize("isolation", ["fork", "none"])
+def test_a_result_holding_an_input_and_its_changed_copy_commits_both(
+    app: App, store: EntityRegistry, isolation: str
+) -> None:
+    # SPEC 5, per entity: the unchanged one is the stored version, the changed copy of the
+    # same version a new version of its lineage (it was refused: "given twice")
+    @app.register(name=f"before_after_{isolation}", isolation=isolation)  # type: ignore[arg-type]
+    def before_after(student: Student) -> tuple[Student, Student]:
+        after = student.model_copy(deep=True)
+        after.age += 1
+        return student, after
+
+    ada = store.put(Student(name="Ada", age=20))
+    before, after = app.execute(f"before_after_{isolation}", {"student": f"@{ada.ecs_id}"})
+
+    assert before.ecs_id == ada.ecs_id and before.age == 20
+    assert after.parent_id == ada.ecs_id and after.age == 21
+    assert store.head(ada.lineage_id).ecs_id == after.ecs_id
+    assert [v.age for v in store.history(ada.lineage_id)] == [20, 21]
+
+
+def test_two_changed_copies_of_one_version_are_refused_naming_it(
+    app: App, store: EntityRegistry
+) -> None:
+    @app.register
+    def both_ways(student: Student) -> tuple[Student, Student]:
+        older, younger = student.model_copy(deep=True), student.model_copy(deep=True)
+        older.age += 1
+        younger.age -= 1
+        return older, younger
+
+    ada = store.put(Student(name="Ada", age=20))
+    with pytest.raises(InvalidEntity, match=f"{ada.ecs_id} .*changed in two different ways"):
+        app.execute("both_ways", {"student": f"@{ada.ecs_id}"})
+    assert [v.age for v in store.history(ada.lineage_id)] == [20]
