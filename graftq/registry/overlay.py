@@ -9,13 +9,21 @@ both, and holds its Redis client privately: no store handle a body can reach wri
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
+from uuid import UUID
+
+from pydantic import BaseModel
+
+from graftq.registry.entity import Entity
 
 if TYPE_CHECKING:  # redis-py is imported where used: `import graftq` stays light
     import redis
 
 _isolated = False
+# Versions the overlay stored in this process: version id → the version it was made from.
+_made: dict[str, str | None] = {}
 
 
 def isolate_stores() -> None:
@@ -27,6 +35,48 @@ def isolate_stores() -> None:
 def isolated() -> bool:
     """True in an isolated call's process."""
     return _isolated
+
+
+def made(versions: Iterable[tuple[str, str | None]]) -> None:
+    """Note versions (id, parent id) a commit just stored in the overlay."""
+    _made.update(versions)
+
+
+def restamped(value: Any) -> Any:
+    """`value` with each entity that is a version the overlay made (the body stored it)
+    given the id of the version it was made from, the last one Redis holds.
+
+    What a body stores is discarded; what it returns is committed. An entity it stored
+    and returned carries an id Redis never saw, in a lineage Redis has: as the stored
+    version it was made from, changed, it becomes that version's successor, as it would
+    had the body not stored it. An entity stored first in the body keeps its own ids.
+    """
+    for entity in _entities(value):
+        ecs_id = str(entity.ecs_id)
+        origin: str | None = ecs_id
+        while origin in _made:
+            origin = _made[origin]
+        if origin is not None and origin != ecs_id:
+            entity.__dict__["ecs_id"] = UUID(origin)  # frozen models too: it is our copy
+    return value
+
+
+def _entities(value: Any) -> Iterator[Entity]:
+    """Every entity in `value`: in containers, model fields and other entities."""
+    todo: list[Any] = [value]
+    seen: set[int] = set()
+    while todo:
+        item = todo.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, BaseModel):
+            if isinstance(item, Entity):
+                yield item
+            names = [*type(item).model_fields, *(item.__pydantic_extra__ or ())]
+            todo.extend(getattr(item, name, None) for name in names)
+        elif isinstance(item, dict | list | tuple | set | frozenset):
+            todo.extend(item.values() if isinstance(item, dict) else item)
 
 
 # What a redis-py pool adds to its connections' settings itself: objects of that pool,

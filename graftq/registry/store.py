@@ -203,6 +203,8 @@ class EntityRegistry:
             if isinstance(outcome, commit.Retry):
                 request = dataclasses.replace(request, lineages=outcome.lineages)
                 continue
+            if overlay.isolated():  # what a body stored: see `overlay.restamped`
+                overlay.made((new.ecs_id, new.parent_id) for new in outcome.plan.new)
             return Committed(
                 outcome.entities, outcome.execution, outcome.branched, outcome.replayed
             )

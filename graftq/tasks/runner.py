@@ -23,7 +23,7 @@ import pydantic
 from graftq.errors import ReturnTypeError, VersionConflict
 from graftq.registry import commit
 from graftq.registry.execution import Execution, ExecutionStatus
-from graftq.registry.overlay import isolate_stores
+from graftq.registry.overlay import isolate_stores, restamped
 from graftq.registry.store import Announcement, EntityRegistry
 from graftq.tasks import encoding, results
 from graftq.tasks.callables import CallableInfo
@@ -198,7 +198,7 @@ def execute_body(store: EntityRegistry, prepared: Prepared, zygote: Zygote | Non
     body.__qualname__ = f"callable {info.name!r}"
     value = run_isolated(
         body,
-        encode=lambda value: encoding.dumps(value, pickles=True),
+        encode=lambda value: encoding.dumps(restamped(value), pickles=True),
         decode=lambda payload: encoding.loads(payload, pickles=True),  # our own child
         time_limit=info.time_limit,
         setup=isolate_stores,

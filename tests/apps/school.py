@@ -164,6 +164,12 @@ def make_app(name: str = "school") -> App:
         return counter
 
     @app.register
+    def saved_birthday(student: Student) -> Student:
+        """Stores what it returns (privately: what it returns is what is committed)."""
+        student.age += 1
+        return app.entities.put(student)
+
+    @app.register
     def meddle(student: Student) -> int:
         student.age = 1000
         app.entities.put(student)

@@ -44,7 +44,7 @@ import time
 from typing import Any, NamedTuple, NoReturn
 
 from graftq.errors import IsolationError, TimeLimitExceeded
-from graftq.registry.overlay import isolate_stores
+from graftq.registry.overlay import isolate_stores, restamped
 from graftq.tasks import encoding
 from graftq.tasks.isolation import output, process, rawfork, rehearsal
 from graftq.tasks.isolation.process import Frame, receive, send
@@ -370,7 +370,9 @@ def _child(data: socket.socket, app: Any, sample: bytes) -> NoReturn:
         if prctl is not None:
             prctl(process.PR_SET_NAME, process.CALL_NAME)
         kind, payload = process.run_framed(
-            lambda: _call(app, raw), lambda value: encoding.dumps(value, pickles=True), None
+            lambda: _call(app, raw),
+            lambda value: encoding.dumps(restamped(value), pickles=True),
+            None,
         )
         process.sweep()
         process.flush_std()

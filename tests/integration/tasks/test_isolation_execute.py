@@ -107,6 +107,31 @@ def test_a_body_reads_the_store_though_another_thread_held_its_pool_at_the_fork(
     assert age == 20
 
 
+def test_a_body_that_stores_what_it_returns_commits_it_as_a_successor(
+    app: App, store: EntityRegistry
+) -> None:
+    # its store writes are private, its return value is committed: the version it stored
+    # (twice here) comes back as a changed copy of the version it read, and is committed
+    @app.register
+    def saved_twice(student: Student) -> tuple[Student, Student]:
+        student.age += 1
+        saved = app.entities.put(student)
+        saved.age += 1
+        again = app.entities.put(saved)
+        fresh = app.entities.put(Student(name="New", age=1))
+        return again, fresh
+
+    ada = put_student(store)
+    older, fresh = app.execute("saved_twice", {"student": f"@{ada.lineage_id}"})
+
+    assert older.age == 22 and older.parent_id == ada.ecs_id
+    assert store.head(ada.lineage_id).ecs_id == older.ecs_id
+    run = store.provenance(older.ecs_id)
+    assert run is not None and run.id == older.derived_from
+    assert [v.age for v in store.history(ada.lineage_id)] == [20, 22]
+    assert fresh.parent_id is None and store.head(fresh.lineage_id) == fresh
+
+
 def test_body_globals_do_not_leak(app: App) -> None:
     seen: list[int] = []
 

@@ -307,3 +307,13 @@ def test_celery_soft_time_limit_leaves_a_failure_record(app: App, tmp_path: Path
 def test_celery_hard_time_limit_leaves_a_failure_record(app: App, tmp_path: Path) -> None:
     job = fail_by_celery_time_limit(app, tmp_path, "time_limit")
     failure_record(app, job.id, "TimeLimitExceeded")
+
+
+def test_a_body_that_stores_what_it_returns_commits_it_on_a_worker(app: App) -> None:
+    ada = app.entities.put(Student(name="Ada", age=20))
+
+    older = app.submit("saved_birthday", {"student": f"@{ada.lineage_id}"}).get(timeout=30)
+
+    assert older.age == 21 and older.parent_id == ada.ecs_id
+    assert app.entities.head(ada.lineage_id).ecs_id == older.ecs_id
+    assert app.entities.provenance(older.ecs_id) is not None
