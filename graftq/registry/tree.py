@@ -74,22 +74,36 @@ def _walk(entity: Entity, at: Path, on_path: dict[int, Path], seen: dict[int, Pa
 
 
 def _sub_entities(entity: Entity) -> Iterator[tuple[Path, Entity]]:
-    """The entities in `entity`'s fields, its extra ones (``extra="allow"``) included."""
-    extra = list(entity.__pydantic_extra__ or ())
-    for name in [*type(entity).model_fields, *extra]:
-        if name in IDENTITY_FIELDS:
-            continue
-        value = getattr(entity, name)
-        for path, leaf in containers.leaves(value, (name,)):
-            if isinstance(leaf, Entity):
-                _check_keys(value, path)
-                yield typing.cast(Path, path), leaf
+    """The entities in `entity`'s fields — its extra ones (``extra="allow"``) included —
+    in containers and in plain (non-Entity) models, at any depth."""
+    for name in _field_names(entity):
+        if name not in IDENTITY_FIELDS:
+            yield from _entities_in(getattr(entity, name), (name,), set())
 
 
-def _check_keys(value: Any, path: containers.Path) -> None:
+def _field_names(model: BaseModel) -> list[str]:
+    return [*type(model).model_fields, *(model.__pydantic_extra__ or ())]
+
+
+def _entities_in(value: Any, at: Path, models: set[int]) -> Iterator[tuple[Path, Entity]]:
+    """The entities under `value` (at path `at`); `models`: the plain models being walked."""
+    for path, leaf in containers.leaves(value, at):
+        if isinstance(leaf, Entity):
+            _check_keys(value, path[len(at) :])
+            yield typing.cast(Path, path), leaf
+        elif isinstance(leaf, BaseModel) and id(leaf) not in models:  # a model inside itself
+            models.add(id(leaf))  # holds no entity the walk could reach a second time
+            for name in _field_names(leaf):
+                yield from _entities_in(
+                    getattr(leaf, name), (*typing.cast(Path, path), name), models
+                )
+            models.discard(id(leaf))
+
+
+def _check_keys(value: Any, steps: containers.Path) -> None:
     """Stored paths are JSON: a dict key on the way to an entity must be a str."""
     spot = value
-    for step in path[1:]:
+    for step in steps:
         if isinstance(spot, dict) and not isinstance(step, str):
             raise InvalidEntity(f"dict keys holding entities must be str, got {step!r}")
         spot = spot[step]
@@ -159,7 +173,16 @@ def _is_utf8(value: bytes) -> bool:
 
 
 def _blank(value: Any) -> Any:
-    return containers.map_leaves(value, lambda leaf: None if isinstance(leaf, Entity) else leaf)
+    """`value` with each entity in it a None, inside plain models too."""
+
+    def blank(leaf: Any) -> Any:
+        if isinstance(leaf, Entity):
+            return None
+        if isinstance(leaf, BaseModel):
+            return leaf.model_copy(update={n: _blank(getattr(leaf, n)) for n in _field_names(leaf)})
+        return leaf
+
+    return containers.map_leaves(value, blank)
 
 
 def encode(doc: Mapping[str, Any]) -> str:

@@ -20,8 +20,8 @@ from tests.apps.school import Address, Counter, Student
 
 __all__ = [
     "Address", "Aliased", "Attachment", "Bag", "Binary", "Blob", "Box", "Computed", "Counter",
-    "Course", "Floor", "Leaf", "Link", "Loose", "Mail", "Node", "Site", "Strict",
-    "StrictFields", "Student",
+    "Course", "Envelope", "Floor", "Leaf", "Letter", "Link", "Loose", "Mail", "Node", "Site",
+    "Strict", "StrictFields", "Student",
 ]  # fmt: skip
 
 
@@ -154,3 +154,17 @@ class Loose(Entity):
 
     model_config = ConfigDict(extra="allow")
     name: str
+
+
+class Envelope(BaseModel):
+    """A plain model holding an entity."""
+
+    to: Address
+    note: str = ""
+
+
+class Letter(Entity):
+    """Entities inside plain models inside an entity: sub-entities all the same."""
+
+    envelope: Envelope
+    copies: list[Envelope] = []

@@ -13,8 +13,10 @@ from tests.integration.registry.models import (
     Bag,
     Computed,
     Course,
+    Envelope,
     Floor,
     Leaf,
+    Letter,
     Loose,
     Site,
     Student,
@@ -309,3 +311,25 @@ def test_entities_in_extra_fields_are_versioned_sub_entities(reg: EntityRegistry
     moved = reg.put(read)
     assert reg.head(home.lineage_id).city == "Nice"
     assert moved.stops[0].ecs_id == stored.stops[0].ecs_id  # type: ignore[attr-defined]
+
+
+def test_entities_inside_plain_models_are_versioned_sub_entities(
+    reg: EntityRegistry, redis_client: redis.Redis
+) -> None:
+    letter = Letter(
+        envelope=Envelope(to=Address(city="Paris")), copies=[Envelope(to=Address(city="Rome"))]
+    )
+
+    stored = reg.put(letter)
+    to = stored.envelope.to
+    assert reg.get(to.ecs_id) == to  # stored on its own, not inline
+    assert isinstance(reg.get(stored.ecs_id).envelope, Envelope)
+
+    edited = reg.get(stored.ecs_id)
+    edited.envelope.to.city = "Lyon"
+    keys = len(version_keys(snapshot(redis_client)))
+    moved = reg.put(edited)
+    assert moved.envelope.to.parent_id == to.ecs_id and reg.head(to.lineage_id).city == "Lyon"
+    assert moved.copies[0].to.ecs_id == stored.copies[0].to.ecs_id  # the untouched one stays
+    assert len(version_keys(snapshot(redis_client))) == keys + 2  # the address, the letter
+    assert reg.put(reg.get(moved.ecs_id)).ecs_id == moved.ecs_id  # unchanged: nothing written
