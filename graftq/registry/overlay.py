@@ -51,6 +51,8 @@ def restamped(value: Any) -> Any:
     version it was made from, changed, it becomes that version's successor, as it would
     had the body not stored it. An entity stored first in the body keeps its own ids.
     """
+    if not _made:  # the body stored nothing (most do): nothing to walk
+        return value
     for entity in _entities(value):
         ecs_id = str(entity.ecs_id)
         origin: str | None = ecs_id
