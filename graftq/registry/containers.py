@@ -39,8 +39,8 @@ def _leaves(value: Any, path: Path, walking: dict[int, Path]) -> Iterator[tuple[
         return
     if id(value) in walking:
         raise InvalidEntity(
-            f"cycle: the {type(value).__name__} at {_dotted(walking[id(value)])} contains "
-            f"itself at {_dotted(path)}"
+            f"cycle: the {type(value).__name__} at {dotted(walking[id(value)])} contains "
+            f"itself at {dotted(path)}"
         )
     walking[id(value)] = path
     items = value.items() if isinstance(value, dict) else enumerate(value)
@@ -60,8 +60,9 @@ def map_leaves(value: Any, change: Callable[[Any], Any]) -> Any:
     return change(value)
 
 
-def _dotted(path: Path) -> str:
-    return ".".join(str(step) for step in path) or "the top"
+def dotted(path: Path, top: str = "the top") -> str:
+    """`path` as references write it (``a.0.b``); `top` for the empty path."""
+    return ".".join(str(step) for step in path) or top
 
 
 def rebuild_tuple(kind: type[tuple[Any, ...]], items: list[Any]) -> tuple[Any, ...]:

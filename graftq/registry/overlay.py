@@ -9,13 +9,14 @@ both, and holds its Redis client privately: no store handle a body can reach wri
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import contextlib
+from collections.abc import Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
-from pydantic import BaseModel
-
+from graftq.errors import InvalidEntity
+from graftq.registry import tree
 from graftq.registry.entity import Entity
 
 if TYPE_CHECKING:  # redis-py is imported where used: `import graftq` stays light
@@ -53,32 +54,20 @@ def restamped(value: Any) -> Any:
     """
     if not _made:  # the body stored nothing (most do): nothing to walk
         return value
-    for entity in _entities(value):
-        ecs_id = str(entity.ecs_id)
-        origin: str | None = ecs_id
-        while origin in _made:
-            origin = _made[origin]
-        if origin is not None and origin != ecs_id:
-            entity.__dict__["ecs_id"] = UUID(origin)  # frozen models too: it is our copy
+    with contextlib.suppress(InvalidEntity):  # the commit refuses it, saying why
+        for root in tree.roots(value):
+            for node in tree.nodes(tree.walk(root)):
+                _restamp(node.entity)
     return value
 
 
-def _entities(value: Any) -> Iterator[Entity]:
-    """Every entity in `value`: in containers, model fields and other entities."""
-    todo: list[Any] = [value]
-    seen: set[int] = set()
-    while todo:
-        item = todo.pop()
-        if id(item) in seen:
-            continue
-        seen.add(id(item))
-        if isinstance(item, BaseModel):
-            if isinstance(item, Entity):
-                yield item
-            names = [*type(item).model_fields, *(item.__pydantic_extra__ or ())]
-            todo.extend(getattr(item, name, None) for name in names)
-        elif isinstance(item, dict | list | tuple | set | frozenset):
-            todo.extend(item.values() if isinstance(item, dict) else item)
+def _restamp(entity: Entity) -> None:
+    ecs_id = str(entity.ecs_id)
+    origin: str | None = ecs_id
+    while origin in _made:
+        origin = _made[origin]
+    if origin is not None and origin != ecs_id:
+        entity.__dict__["ecs_id"] = UUID(origin)  # frozen models too: it is our copy
 
 
 # What a redis-py pool adds to its connections' settings itself: objects of that pool,

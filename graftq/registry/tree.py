@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from graftq.errors import CorruptVersion, InvalidEntity
 from graftq.registry import containers
+from graftq.registry.containers import dotted
 from graftq.registry.entity import IDENTITY_FIELDS, Entity, entity_class
 
 T = TypeVar("T")
@@ -59,18 +60,25 @@ def _walk(entity: Entity, at: Path, on_path: dict[int, Path], seen: dict[int, Pa
         where = (*at, *path)
         if id(sub) in on_path:
             raise InvalidEntity(
-                f"cycle: entity {sub.ecs_id} at {_at(on_path[id(sub)])} contains itself "
-                f"at {_dotted(where)}"
+                f"cycle: entity {sub.ecs_id} at {dotted(on_path[id(sub)], 'the root')} "
+                f"contains itself at {dotted(where)}"
             )
         if id(sub) in seen:
             raise InvalidEntity(
                 f"entity object {sub.ecs_id} appears twice in one tree "
-                f"(at {_dotted(seen[id(sub)])} and {_dotted(where)}); store a copy instead"
+                f"(at {dotted(seen[id(sub)])} and {dotted(where)}); store a copy instead"
             )
         seen[id(sub)] = where
         node.kids.append((path, _walk(sub, where, on_path, seen)))
     del on_path[id(entity)]
     return node
+
+
+def roots(value: Any) -> Iterator[Entity]:
+    """The entities in `value` that no other entity in it holds: `value` itself, or those
+    in its containers and plain models (each the root of its `walk`)."""
+    for _, entity in _entities_in(value, (), set()):
+        yield entity
 
 
 def _sub_entities(entity: Entity) -> Iterator[tuple[Path, Entity]]:
@@ -160,7 +168,7 @@ def _not_utf8(model: BaseModel, at: Path) -> tuple[str, str] | None:
                 if found:
                     return found
             elif isinstance(leaf, bytes) and as_text and not _is_utf8(leaf):
-                return _dotted(typing.cast(Path, path)), type(model).__name__
+                return dotted(typing.cast(Path, path)), type(model).__name__
     return None
 
 
@@ -274,11 +282,3 @@ def _place(data: dict[str, Any], path: list[PathPart], value: Any) -> None:
     for part in path[:-1]:
         spot = spot[part]
     spot[path[-1]] = value
-
-
-def _dotted(path: Path) -> str:
-    return ".".join(str(part) for part in path)
-
-
-def _at(path: Path) -> str:
-    return _dotted(path) if path else "the root"
