@@ -7,7 +7,7 @@ key                                    type    holds
 ``{p}:head:{lineage_id}``              string  ecs_id of the lineage's current version
 ``{p}:hist:{lineage_id}``              list    ecs_ids of every version, in commit order
 ``{p}:exec:{execution_id}``            string  the Execution record (JSON)
-``{p}:memo:{callable_version}:{hash}`` string  execution id of a cached successful run
+``{p}:memo:{name}:{version}:{hash}``   string  execution id of a cached successful run
 ``{p}:fn:{name}``                      hash    published function: version → signed payload
 ``{p}:fn:{name}:latest``               string  signed pointer to the newest version (JSON:
                                                version, seq, signature)
@@ -58,8 +58,10 @@ class Keys:
     def execution(self, execution_id: str) -> str:
         return f"{self.prefix}:exec:{execution_id}"
 
-    def memo(self, callable_version: str, input_hash: str) -> str:
-        return f"{self.prefix}:memo:{callable_version}:{input_hash}"
+    def memo(self, callable_name: str, callable_version: str, input_hash: str) -> str:
+        # The name too: two callables of the same code (closures of one factory, say)
+        # may compute different things.
+        return f"{self.prefix}:memo:{callable_name}:{callable_version}:{input_hash}"
 
     def function(self, name: str) -> str:
         return f"{self.prefix}:fn:{name}"

@@ -264,4 +264,5 @@ def _annotation(info: CallableInfo) -> str:
 def _memo_key(store: EntityRegistry, prepared: Prepared) -> str | None:
     if not prepared.info.cache or prepared.by_lineage:
         return None
-    return store.keys.memo(prepared.info.version, prepared.memo_hash())
+    info = prepared.info
+    return store.keys.memo(info.name, info.version, prepared.memo_hash())

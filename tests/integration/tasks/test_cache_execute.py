@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,18 @@ def test_a_failed_run_is_not_cached(app: App, tmp_path: Path) -> None:
     assert app.execute("fails_once", {"x": 3, "marker_file": str(marker)}) == 3
     assert app.execute("fails_once", {"x": 3, "marker_file": str(marker)}) == 3
     assert ran(marker) == 2
+
+
+def _adder(amount: int) -> Callable[[int], int]:
+    def add(x: int) -> int:
+        return x + amount
+
+    return add
+
+
+def test_the_memo_of_one_callable_never_answers_another_of_the_same_code(app: App) -> None:
+    app.register("add_one", cache=True)(_adder(1))
+    app.register("add_two", cache=True)(_adder(2))
+
+    assert app.execute("add_one", {"x": 1}) == 2
+    assert app.execute("add_two", {"x": 1}) == 3
