@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -357,7 +358,7 @@ class EntityRegistry:
             mark = " (head)" if doc["ecs_id"] == head else ""
             lines.append(f'    {node}["{doc["ecs_id"][:8]}{mark}"]')
             if doc["parent_id"]:
-                label = labels.get(doc["derived_from"], "put")
+                label = _mermaid_label(labels.get(doc["derived_from"], "put"))
                 lines.append(f"    {_mermaid_id(doc['parent_id'])} -->|{label}| {node}")
         return "\n".join(lines)
 
@@ -467,3 +468,11 @@ class EntityRegistry:
 
 def _mermaid_id(ecs_id: str) -> str:
     return "v" + ecs_id.replace("-", "")
+
+
+def _mermaid_label(name: str) -> str:
+    """An edge label Mermaid reads as text: a plain name as is, any other quoted, with
+    each character Mermaid (or its HTML labels) would read as syntax as an entity code."""
+    if re.fullmatch(r"[A-Za-z0-9_]+", name):
+        return name
+    return '"' + re.sub(r"[^A-Za-z0-9_.:/@ ]", lambda m: f"#{ord(m[0])};", name) + '"'

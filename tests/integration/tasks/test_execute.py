@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 from uuid import UUID
 
@@ -85,6 +86,27 @@ def test_provenance_of_an_executed_version(app: App, store: EntityRegistry) -> N
     assert run.started_at <= run.finished_at
     assert run.worker == f"{socket.gethostname()}:{os.getpid()}"
     assert run.branched is False
+
+
+@pytest.mark.parametrize("name", ["grade|v2", 'say"hi"', "f[1]", "x-->y", "a#quot;b", "<b>x</b>"])
+def test_lineage_mermaid_quotes_a_callable_name_mermaid_would_read_as_syntax(
+    app: App, store: EntityRegistry, name: str
+) -> None:
+    @app.register(name)
+    def bump(counter: Counter) -> Counter:
+        counter.value += 1
+        return counter
+
+    first = store.put(Counter())
+    app.execute(name, {"counter": f"@{first.lineage_id}"})
+
+    graph = store.lineage_mermaid(first.lineage_id)
+    [edge] = [line for line in graph.splitlines() if "-->|" in line]
+    label = edge.split("-->|", 1)[1].rsplit("| ", 1)[0]
+    assert label.startswith('"') and label.endswith('"'), edge
+    assert not set(label[1:-1]) & set('"|[]<>-'), edge  # a Mermaid entity code (#nn;) each
+    decoded = re.sub(r"#(\d+);", lambda m: chr(int(m[1])), label[1:-1])
+    assert decoded == name
 
 
 def test_transform_makes_a_new_lineage(app: App, store: EntityRegistry) -> None:
