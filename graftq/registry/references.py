@@ -243,9 +243,10 @@ def _step(value: Any, segment: str, context: str) -> Any:
     if isinstance(value, list | tuple):
         digits = segment.isascii() and segment.isdigit() and len(segment) < 19  # "²".isdigit()
         if not digits or int(segment) >= len(value):
+            valid = f"valid: 0..{len(value) - 1}" if value else "it is empty"
             raise InvalidReference(
                 f"{context}: {segment!r} is not an index of this {type(value).__name__} "
-                f"of length {len(value)} (valid: 0..{len(value) - 1})"
+                f"of length {len(value)} ({valid})"
             )
         return value[int(segment)]
     raise InvalidReference(

@@ -19,3 +19,11 @@ def test_a_non_ascii_digit_index_is_an_invalid_reference(reg: EntityRegistry, se
 def test_an_ascii_index_still_works(reg: EntityRegistry) -> None:
     ada = reg.put(Student(name="Ada", age=20, tags=["a", "b", "c", "d"]))
     assert reg.resolve(f"@{ada.ecs_id}.tags.3") == "d"
+
+
+def test_an_index_into_an_empty_list_says_the_list_is_empty(reg: EntityRegistry) -> None:
+    ada = reg.put(Student(name="Ada", age=20))
+    with pytest.raises(InvalidReference) as caught:
+        reg.resolve(f"@{ada.ecs_id}.tags.0")
+    assert "'0'" in str(caught.value) and "empty" in str(caught.value)
+    assert "0..-1" not in str(caught.value)
