@@ -102,7 +102,10 @@ def record_failed_job(
     """
     task_id, worker, args, kwargs = job
     try:
-        meta = kwargs[META] if isinstance(kwargs.get(META), dict) else {}
+        # Only a published function's job names itself in `_graftq`; any other task is
+        # what its name says, whatever a client put there.
+        published = task.name == PUBLISHED_TASK and isinstance(kwargs.get(META), dict)
+        meta = kwargs[META] if published else {}
         name = str(meta.get("name") or task.name.removeprefix(TASK_PREFIX))
         try:
             given: Any = input_of(args, kwargs)

@@ -263,6 +263,20 @@ def test_bad_input_from_any_celery_client_fails_the_job(app: App) -> None:
     assert run.callable == "bonus" and run.inputs["student_age"] == "not a number"
 
 
+def test_a_forged_graftq_meta_does_not_rename_a_failed_job(app: App) -> None:
+    forged = {"name": "transform_student", "version": "forged"}
+    sent = app.celery.send_task(
+        "graftq.bonus", kwargs={"student_age": "x", "bonus_amount": 1.5, "_graftq": forged}
+    )
+
+    with pytest.raises(pydantic.ValidationError):
+        app.job(sent.id, "bonus").get(timeout=30)
+
+    run = failure_record(app, sent.id, "InvalidInput")
+    assert run.callable == "bonus"
+    assert run.callable_version == app.callables["bonus"].version
+
+
 def test_entity_objects_given_by_value_are_stored_first(app: App) -> None:
     student = Student(name="Fay", age=70)
 
