@@ -10,9 +10,9 @@ from typing import Any, TypeVar, overload
 
 import pydantic
 
-from graftq.errors import GraftError
-from graftq.registry import containers, references
-from graftq.registry.entity import Entity
+from graftq.errors import GraftError, InvalidEntity
+from graftq.registry import containers, references, tree
+from graftq.registry.entity import IDENTITY_FIELDS, Entity
 from graftq.registry.execution import Execution, ExecutionStatus
 from graftq.registry.store import Announcement, EntityRegistry
 from graftq.tasks import bounds, encoding
@@ -126,6 +126,44 @@ def _record(pinned: Any) -> Any:
     return containers.map_leaves(pinned, change)
 
 
+def validate(info: CallableInfo, value: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of `value` (the input with its references resolved).
+
+    An entity made from a literal dict may not carry identity fields: a dict is new
+    data, and only the store says which version something is — else a client could
+    name a stored version and send other content, and the history would show a step
+    that was never stored. (Scanned for only when a dict has such a key.)
+    """
+    kwargs = info.validate_input(value)
+    if _claims_identity(value):
+        made = {id(n.entity) for root in tree.roots(value) for n in tree.nodes(tree.walk(root))}
+        for name, arg in kwargs.items():
+            for root in tree.roots(arg):
+                for node in tree.nodes(tree.walk(root)):
+                    if id(node.entity) not in made:
+                        _refuse_identity(name, node.entity)
+    return kwargs
+
+
+def _claims_identity(value: Any) -> bool:
+    """Whether a dict in `value` has a key named like an identity field."""
+    if isinstance(value, dict):
+        return not IDENTITY_FIELDS.isdisjoint(value) or any(map(_claims_identity, value.values()))
+    return isinstance(value, list | tuple) and any(map(_claims_identity, value))
+
+
+def _refuse_identity(parameter: str, entity: Entity) -> None:
+    claimed = sorted(IDENTITY_FIELDS & entity.model_fields_set)
+    if not claimed:
+        return
+    named = entity.ecs_id if "ecs_id" in claimed else entity.lineage_id
+    raise InvalidEntity(
+        f"input {parameter!r}: {type(entity).__name__} data given as a dict sets "
+        f"{', '.join(claimed)}, which only the store sets; to pass a stored version write "
+        f"'@{named}', for new data leave {'them' if len(claimed) > 1 else 'it'} out"
+    )
+
+
 @dataclass(frozen=True)
 class Done:
     """The execution asked about in `prepare(..., replay_of=...)` already succeeded."""
@@ -171,11 +209,11 @@ def prepare(
     done = resolution.execution
     if done is not None and done.status is ExecutionStatus.SUCCESS:
         return Done(done)
-    kwargs = info.validate_input(resolution.value)
+    kwargs = validate(info, resolution.value)
     if _has_entities(given):  # the input is known good: store the objects, read them back
         [given] = store_entities(store, [given])
         resolution = references.resolve(store, given)
-        kwargs = info.validate_input(resolution.value)
+        kwargs = validate(info, resolution.value)
     return Prepared(info, given, resolution.pinned, kwargs, resolution.read_by_head)
 
 
@@ -195,11 +233,11 @@ def prepare_many(
         for index, data in enumerate(inputs)
     ]
     resolutions = _resolve_many(store, givens)
-    kwargs = [_at(i, info.validate_input, r.value) for i, r in enumerate(resolutions)]
+    kwargs = [_at(i, lambda v: validate(info, v), r.value) for i, r in enumerate(resolutions)]
     if any(_has_entities(given) for given in givens):  # all entity objects in one transaction
         givens = store_entities(store, givens)
         resolutions = _resolve_many(store, givens)
-        kwargs = [_at(i, info.validate_input, r.value) for i, r in enumerate(resolutions)]
+        kwargs = [_at(i, lambda v: validate(info, v), r.value) for i, r in enumerate(resolutions)]
     return [
         Prepared(info, given, resolution.pinned, args, resolution.read_by_head)
         for given, resolution, args in zip(givens, resolutions, kwargs, strict=True)

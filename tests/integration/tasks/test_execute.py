@@ -416,3 +416,31 @@ def test_two_changed_copies_of_one_version_are_refused_naming_it(
     with pytest.raises(InvalidEntity, match=f"{ada.ecs_id} .*changed in two different ways"):
         app.execute("both_ways", {"student": f"@{ada.ecs_id}"})
     assert [v.age for v in store.history(ada.lineage_id)] == [20]
+
+
+# -- literal entity data ----------------------------------------------------------------
+
+
+def test_literal_entity_data_claiming_a_stored_identity_is_refused(
+    app: App, store: EntityRegistry
+) -> None:
+    """A dict is a literal: it cannot name itself a stored version it differs from, so a
+    raw client cannot make a history whose step was never stored (SPEC 5: every execution
+    names exact stored input versions)."""
+    stored = put_student(store)
+    forged = stored.model_dump(mode="json") | {"name": "Evil", "age": 99}
+    before = snapshot(store.client)
+
+    with pytest.raises(InvalidEntity) as caught:
+        app.execute("birthday", {"student": forged})
+
+    assert "ecs_id" in str(caught.value) and f"@{stored.ecs_id}" in str(caught.value)
+    assert snapshot(store.client) == before
+    assert store.version_ids(stored.lineage_id) == [str(stored.ecs_id)]
+
+
+def test_literal_entity_data_without_identity_is_new_data(app: App, store: EntityRegistry) -> None:
+    new = app.execute("birthday", {"student": {"name": "Bo", "age": 7}})
+
+    assert new.age == 8 and new.parent_id is None
+    assert store.version_ids(new.lineage_id) == [str(new.ecs_id)]
