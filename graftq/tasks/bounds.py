@@ -20,7 +20,8 @@ is stored, enqueued or run:
 
 The callable then always gets the JSON form validated, in `app.execute` as on a
 worker. Entity objects are kept as they are: they are stored and replaced by
-references. The same depth bound guards a worker before it hands a message to
+references — those inside a plain model too, whose JSON form is then built field by
+field around them. The same depth bound guards a worker before it hands a message to
 its pool (`graftq.worker.guard`).
 """
 
@@ -35,7 +36,7 @@ import pydantic_core
 from pydantic import BaseModel
 
 from graftq.errors import InvalidInput
-from graftq.registry import references
+from graftq.registry import references, tree
 from graftq.registry.entity import Entity
 
 if TYPE_CHECKING:
@@ -119,6 +120,11 @@ def _json_form(value: Any, where: str, changed: list[str]) -> Any:
         return {_key(k, where, changed): _json_form(v, where, changed) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_json_form(item, where, changed) for item in value]
+    if isinstance(value, BaseModel) and next(tree.roots(value), None) is not None:
+        declared = type(value).model_fields.items()
+        fields = {field.alias or name: getattr(value, name) for name, field in declared}
+        fields |= value.__pydantic_extra__ or {}
+        return {key: _json_form(item, where, changed) for key, item in fields.items()}
     try:
         return pydantic_core.to_jsonable_python(value)
     except (pydantic_core.PydanticSerializationError, ValueError, TypeError) as exc:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import socket
+from collections.abc import Callable
 from uuid import UUID
 
 import pydantic
@@ -437,6 +438,46 @@ def test_literal_entity_data_claiming_a_stored_identity_is_refused(
     assert "ecs_id" in str(caught.value) and f"@{stored.ecs_id}" in str(caught.value)
     assert snapshot(store.client) == before
     assert store.version_ids(stored.lineage_id) == [str(stored.ecs_id)]
+
+
+class Enrolment(pydantic.BaseModel):
+    """A plain model holding an entity, as a job's input."""
+
+    student: Student
+    course: str
+
+
+def enrolment_app() -> App:
+    app = App("enrolments")
+
+    @app.register
+    def enrol(enrolment: Enrolment) -> Student:
+        enrolment.student.major = enrolment.course
+        return enrolment.student
+
+    return app
+
+
+@pytest.mark.parametrize("changed", [False, True])
+def test_entity_inside_a_model_input_is_stored_and_passed_by_version(
+    make_school: Callable[..., App], store: EntityRegistry, changed: bool
+) -> None:
+    """SPEC 5: an Entity object in the input — here inside a plain model — names an exact
+    stored version: a modified one is forked first, an unchanged one used as is."""
+    app = make_school(make=enrolment_app)
+    stored = put_student(store)
+    given = stored.model_copy(update={"age": 50} if changed else {})
+
+    new = app.execute("enrol", {"enrolment": Enrolment(student=given, course="physics")})
+
+    run = store.provenance(new.ecs_id)
+    assert run is not None
+    read = run.inputs["enrolment"]["student"]
+    assert new.parent_id == UUID(read) and new.major == "physics"
+    assert (read != str(stored.ecs_id)) is changed
+    assert store.get(read).age == (50 if changed else 20)
+    assert store.get(read).parent_id == (stored.ecs_id if changed else None)
+    assert given.age == (50 if changed else 20) and given.major == "math"
 
 
 def test_literal_entity_data_without_identity_is_new_data(app: App, store: EntityRegistry) -> None:
