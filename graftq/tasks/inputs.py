@@ -36,7 +36,8 @@ class Prepared:
 
     def recorded_inputs(self) -> dict[str, Any]:
         """The inputs as the Execution records them: a whole entity by its version id,
-        a field by its pinned reference (`@<ecs_id>.path`), a literal as itself."""
+        a field by its pinned reference (`@<ecs_id>.path`), a literal as itself (one
+        starting with `@` escaped, `@@text`)."""
         recorded: dict[str, Any] = _record(self.pinned)
         return recorded
 
@@ -115,13 +116,16 @@ def _has_entities(given: dict[str, Any]) -> bool:
 
 
 def _record(pinned: Any) -> Any:
+    """A whole entity as its version id; a field reference and a literal starting with
+    `@` stay as they are (`@<ecs_id>.path`, `@@text`), so no literal reads as a reference."""
+
     def change(leaf: Any) -> Any:
         if not (isinstance(leaf, str) and leaf.startswith("@")):
             return leaf
         parsed = references.parse(leaf)
         if isinstance(parsed, references.Reference) and not parsed.path:
             return parsed.uuid
-        return parsed if isinstance(parsed, str) else leaf
+        return leaf
 
     return containers.map_leaves(pinned, change)
 

@@ -90,6 +90,9 @@ def test_double_at_is_a_literal_string(app: App, store: EntityRegistry) -> None:
     moved = app.execute("move", {"student": f"@{student.ecs_id}", "city": "@@Paris"})
 
     assert moved.address is not None and moved.address.city == "@Paris"
+    run = store.provenance(moved.ecs_id)
+    assert run is not None  # recorded escaped: a recorded "@..." is always a reference
+    assert run.inputs == {"student": str(student.ecs_id), "city": "@@Paris"}
     with pytest.raises(ValueError) as caught:
         app.execute("fail", {"message": "@@text"})
     assert str(caught.value) == "@text"
