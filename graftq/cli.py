@@ -253,7 +253,10 @@ def parse_duration(text: str) -> timedelta:
         raise click.BadParameter(
             f"{text!r} is not a duration; use a number with s, m, h, d or w, e.g. 30d or 1d12h"
         )
-    return timedelta(seconds=sum(float(n) * UNIT_SECONDS[u] for n, u in parts))
+    try:
+        return timedelta(seconds=sum(float(n) * UNIT_SECONDS[u] for n, u in parts))
+    except OverflowError:
+        raise click.BadParameter(f"{text!r} is too long a duration") from None
 
 
 @main.command()

@@ -70,6 +70,14 @@ BATCH = 500
 MAX_ATTEMPTS = 16
 
 
+def _before(now: datetime, age: timedelta) -> datetime:
+    """`now - age`; an age reaching before year 1 is the earliest date (nothing is older)."""
+    try:
+        return now - age
+    except OverflowError:
+        return datetime.min.replace(tzinfo=now.tzinfo)
+
+
 def note_reads(keys: Keys, run: str | None, ids: Iterable[str], *, pipeline: Any) -> None:
     """In a commit's MULTI: while prune `run` is going on, list the versions this commit read."""
     if run is None:
@@ -141,7 +149,7 @@ class Pruner:
         self._client: Any = client
         self._keys = keys
         self.keep = keep
-        self.cutoff = None if older_than is None else now - older_than
+        self.cutoff = None if older_than is None else _before(now, older_than)
         self.run = uuid.uuid4().hex
         self._snapshot = Snapshot()
         self._remove = self._client.register_script(_REMOVE)

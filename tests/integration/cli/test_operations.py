@@ -126,6 +126,20 @@ def test_prune_refuses_a_malformed_duration(cli: CLI, bad: str) -> None:
     assert_no_traceback(proc)
 
 
+def test_prune_older_than_longer_than_history_removes_nothing(cli: CLI, school: App) -> None:
+    counter_chain(school.entities, 3)
+    proc = cli("prune", "--keep", "1", "--older-than", "1000000d")  # before year 1
+    assert proc.returncode == 0, output(proc)
+    assert "removed 0 versions" in proc.stdout
+
+
+def test_prune_refuses_a_duration_too_long_to_count(cli: CLI) -> None:
+    proc = cli("prune", "--keep", "1", "--older-than", "99999999999999999999d")
+    assert proc.returncode == 2, output(proc)
+    assert "too long" in proc.stderr
+    assert_no_traceback(proc)
+
+
 def test_prune_while_commits_stream_in_keeps_every_head_and_kept_version_whole(
     cli: CLI, school: App, redis_url: str
 ) -> None:

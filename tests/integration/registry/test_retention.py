@@ -146,6 +146,13 @@ def test_older_than_spares_recent_versions(reg: EntityRegistry) -> None:
     assert reg.prune(keep=1, older_than=timedelta(0)).versions == 3
 
 
+def test_older_than_reaching_before_any_date_removes_nothing(reg: EntityRegistry) -> None:
+    versions = chain(reg, 3)
+    report = reg.prune(keep=1, older_than=timedelta(days=999_999))  # before year 1
+    assert report.versions == 0
+    assert all(exists(reg, version.ecs_id) for version in versions)
+
+
 def test_a_version_a_commit_reads_during_the_prune_is_kept(reg: EntityRegistry) -> None:
     v1 = reg.put(Student(name="Ada", age=20, address=Address(city="Paris")))
     assert v1.address is not None
