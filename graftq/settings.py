@@ -72,7 +72,8 @@ class Settings(BaseModel):
 
     `connect_timeout` is the longest `submit`, `execute`, `Job.get` and the CLI wait
     on a Redis or broker that does not answer before they raise `Unreachable`,
-    naming the URL (see `graftq.worker.connections`).
+    naming the URL (see `graftq.worker.connections`); a worker tries a commit refused by
+    an unreachable store again for as long, so its job outlives a Redis restart.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -5,6 +5,7 @@ This is all of `app.execute`; the Celery task calls the same `run_call`.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import logging
@@ -13,14 +14,14 @@ import socket
 import threading
 import time
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import pydantic
 
-from graftq.errors import ReturnTypeError, VersionConflict
+from graftq.errors import ReturnTypeError, Unreachable, VersionConflict
 from graftq.registry import commit
 from graftq.registry.execution import Execution, ExecutionStatus
 from graftq.registry.overlay import isolate_stores, restamped
@@ -31,9 +32,11 @@ from graftq.tasks.inputs import Done, Prepared, input_digest, prepare, same_job
 from graftq.tasks.isolation import Zygote, run_isolated
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RERUN_BACKOFF_BASE = 0.002  # seconds; doubles per re-run after the first, which is at once
 RERUN_BACKOFF_CAP = 0.05
+RECONNECT_PAUSE = 0.5  # seconds between commits tried on an unreachable store
 _DOUBLINGS = 16  # BASE * 2**16 is past the cap: later re-runs wait up to the cap as well
 # Why a re-run that read the very versions the last conflicting attempt read cannot commit.
 _FUTILE = (
@@ -53,6 +56,9 @@ class Call:
     zygote: Zygote | None = None  # the worker's fork server, for isolated bodies
     also: commit.Also | None = None  # more writes for the transaction that records success
     announce: Announcement | None = None  # told with the first read (the job has started)
+    # Seconds a commit refused by an unreachable store is tried again: a worker's job
+    # outlives a Redis restart (the commit is idempotent per execution id); 0 for execute.
+    reconnect_timeout: float = 0.0
 
 
 def local_worker() -> str:
@@ -98,15 +104,19 @@ def run_call(
         run = _Run(store, prepared, call, started, digest)
         try:
             recorded = _recorded(info, execute_body(store, prepared, call.zygote))
-            committed = store.commit(
-                recorded.entities,
-                branch=True,
-                strict=prepared.read_by_head,
-                execution=run.record(
-                    ExecutionStatus.SUCCESS, result=recorded.data, attempts=attempt
+            committed = _until_reachable(
+                call,
+                functools.partial(
+                    store.commit,
+                    recorded.entities,
+                    branch=True,
+                    strict=prepared.read_by_head,
+                    execution=run.record(
+                        ExecutionStatus.SUCCESS, result=recorded.data, attempts=attempt
+                    ),
+                    memo_key=memo_key,
+                    also=call.also,
                 ),
-                memo_key=memo_key,
-                also=call.also,
             )
         except VersionConflict as exc:
             if prepared.pinned == conflicted_on:  # nothing else to read: a re-run is the same
@@ -158,9 +168,29 @@ class _Run:
             ExecutionStatus.FAILURE, error=f"{type(exc).__name__}: {exc}", attempts=attempts
         )
         try:
-            self.store.commit([], execution=failed)
+            _until_reachable(self.call, functools.partial(self.store.commit, [], execution=failed))
         except Exception:  # the run's own error matters more than its record (Redis down?)
             log.warning("no record of failed execution %s", self.call.execution_id, exc_info=True)
+
+
+def _until_reachable(call: Call, write: Callable[[], T]) -> T:
+    """`write`, tried again while the store is unreachable, for `call.reconnect_timeout` s.
+
+    A refused connection fails at once, so a Redis restart under a commit would fail the
+    job (and leave no record of it); trying again is safe, since a commit that happened
+    after all is found by its execution id and answered, never written twice.
+    """
+    deadline = time.monotonic() + call.reconnect_timeout
+    while True:
+        try:
+            return write()
+        except Unreachable:
+            if time.monotonic() >= deadline:
+                raise
+            log.warning(
+                "store unreachable for execution %s; trying the commit again", call.execution_id
+            )
+            time.sleep(RECONNECT_PAUSE)
 
 
 def _backoff(attempt: int) -> float:

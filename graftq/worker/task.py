@@ -50,6 +50,7 @@ def run_job(
         execution_id=str(request.id),
         worker=str(request.hostname or "unknown"),
         rerun_timeout=settings.rerun_timeout,
+        reconnect_timeout=settings.connect_timeout,
         check_replay=True,
         zygote=zygote,
         also=None if own is None else own.success,

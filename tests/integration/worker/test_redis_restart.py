@@ -9,7 +9,7 @@ from graftq import App
 from graftq.devserver import RedisServer
 from tests.entities import put_counter
 from tests.integration.worker.conftest import Node, running
-from tests.processes import alive, wait_until
+from tests.processes import alive, lives, read_proc, wait_until
 from tests.redis_state import restart
 
 
@@ -54,3 +54,38 @@ def test_a_restart_while_a_job_runs_leaves_the_worker_serving(
                 == 1
             )
             assert node.proc.pid is not None and alive(node.proc.pid)
+
+
+def test_a_restart_while_a_job_commits_commits_it_once_when_redis_is_back(
+    client_app: Callable[..., App], tmp_path: Path
+) -> None:
+    """Redis stops as the body finishes (the commit is refused at once) and is back in a
+    moment: the worker tries the commit again within its connect timeout, so the job
+    succeeds, committed once — it used to fail with `Unreachable` and leave no record."""
+    with RedisServer(appendonly=True, fsync="always") as server:
+        broker = f"redis://127.0.0.1:{server.port}/1"
+        node = Node("restart-commit", env={"GRAFTQ_CONNECT_TIMEOUT": "30"})
+        with running(server.url, broker, node):
+            app = client_app(node.queue, store_url=server.url, broker=broker)
+            counter = put_counter(app.entities)
+            gate, pid_file = tmp_path / "gate", tmp_path / "pid"
+            job = app.submit(
+                "held_increment",
+                {"counter": f"@{counter.lineage_id}", "gate": str(gate), "pid_file": str(pid_file)},
+            )
+            body = read_proc(pid_file)  # the held body runs
+            server.stop(keep_data=True)
+            gate.touch()
+            wait_until(lambda: not lives(body), 30, "the body finished")
+            wait_until(
+                lambda: any(said in node.proc.log() for said in ("commit again", "FAILURE")),
+                30,
+                "the worker tried to commit",
+            )
+            restart(server)
+
+            assert job.get(timeout=60).value == 1
+            record = app.entities.execution(job.id)
+            assert record is not None and record.status == "SUCCESS", record
+            history = app.entities.history(counter.lineage_id)
+            assert [version.value for version in history] == [0, 1]
