@@ -37,6 +37,12 @@ def make_app(name: str = "school") -> App:
     app = make_school(name)
 
     @app.register
+    def orphan_and_wait(pid_file: str) -> int:
+        leave_orphan(pid_file)
+        time.sleep(600)
+        return 0
+
+    @app.register
     def deep(value: dict) -> int:  # type: ignore[type-arg]
         return len(value)
 

@@ -24,7 +24,8 @@ an unread request is a spare that died idle, and P goes on waiting — for a few
 it stops the zygote (its App's module kills every child, say) and fails the call. On a
 time limit P asks Z to kill C. What the body logs or prints travels to P as it happens
 and is logged there, in the job's context, as if the body had run in P (a direct fork
-inherits P's logging). Z dies with P, C with Z (PDEATHSIG).
+inherits P's logging). Z ends when P does (its socket closes), killing C's whole tree
+first; C dies with Z (PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -270,7 +271,9 @@ def _serve(
     """Import the App's module, then fork one child per call, each ahead of demand."""
     prctl = process.libc_prctl()
     if prctl is not None:
-        prctl(process.PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        # No parent-death signal: were Z killed with P, C would die with Z at once and
+        # leave running what the call had detached (setsid, a double fork). Z sees P's
+        # end of the control socket close instead, and kills C's whole tree first.
         prctl(process.PR_SET_CHILD_SUBREAPER, 1)
         prctl(process.PR_SET_NAME, b"graftq-zygote")
     module_name, _, attr = app_path.partition(":")
@@ -422,5 +425,8 @@ def main(hooks: list[rawfork.Phases]) -> None:
     app_path, control_fd, data_fd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     control = socket.socket(fileno=control_fd)
     data = socket.socket(fileno=data_fd)
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the pool process left
-        _serve(app_path, control, data, hooks, int(sys.argv[4]))
+    try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the pool process left
+            _serve(app_path, control, data, hooks, int(sys.argv[4]))
+    finally:
+        process.kill_tree(os.getpid())  # however Z ends, nothing of a call outlives it
