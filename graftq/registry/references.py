@@ -11,6 +11,7 @@ snapshot read: what each uuid means, and every tree below).
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -116,7 +117,7 @@ def parse(text: str) -> Reference | str:
     for segment in path:
         if segment.startswith("_"):
             raise InvalidReference(
-                f"reference {text!r}: segment {segment!r} is private; "
+                f"reference {_shown(text)}: segment {_shown(segment)} is private; "
                 "segments may not start with '_'"
             )
     return Reference(text, match["uuid"].lower(), path)
@@ -126,10 +127,10 @@ def _malformed(text: str) -> str:
     head = text[1:].split(".", 1)[0]
     if not _REFERENCE.fullmatch("@" + head):
         return (
-            f"reference {text!r}: {head!r} is not a UUID; expected '@<uuid>' or "
+            f"reference {_shown(text)}: {_shown(head)} is not a UUID; expected '@<uuid>' or "
             "'@<uuid>.field.0.key' (write '@@...' for a literal string starting with '@')"
         )
-    return f"reference {text!r}: empty path segment; expected '@<uuid>.field.0.key'"
+    return f"reference {_shown(text)}: empty path segment; expected '@<uuid>.field.0.key'"
 
 
 def resolve(
@@ -173,7 +174,8 @@ def resolved(data: Any, found: list[Reference], snapshot: Snapshot | None) -> Re
     for ref in found:
         if ref.uuid not in versions:
             raise EntityNotFound(
-                f"reference {ref.text!r}: no entity version or lineage {ref.uuid} in the store"
+                f"reference {_shown(ref.text)}: no entity version or lineage {ref.uuid} "
+                "in the store"
             )
     roots = [snapshot.build(versions[ref.uuid][0]) for ref in found]  # one copy per use
     resolved = [
@@ -222,7 +224,7 @@ def navigate(root: Any, ref: Reference) -> Any:
     value = root
     for depth, segment in enumerate(ref.path):
         where = "@" + ".".join((ref.uuid, *ref.path[:depth]))
-        value = _step(value, segment, f"reference {ref.text!r}: at {where}")
+        value = _step(value, segment, f"reference {_shown(ref.text)}: at {_shown(where)}")
     return value
 
 
@@ -231,24 +233,38 @@ def _step(value: Any, segment: str, context: str) -> Any:
         fields = sorted(type(value).model_fields, key=lambda name: name in IDENTITY_FIELDS)
         if segment not in fields:
             raise InvalidReference(
-                f"{context}: {type(value).__name__} has no field {segment!r}; "
+                f"{context}: {type(value).__name__} has no field {_shown(segment)}; "
                 f"fields: {', '.join(fields)}"
             )
         return getattr(value, segment)
     if isinstance(value, dict):
         if segment not in value:
-            keys = ", ".join(repr(key) for key in value) or "(empty dict)"
-            raise InvalidReference(f"{context}: no key {segment!r}; keys: {keys}")
+            keys = ", ".join(_shown(str(key)) for key in itertools.islice(value, _KEYS_SHOWN))
+            more = f" and {len(value) - _KEYS_SHOWN} more" if len(value) > _KEYS_SHOWN else ""
+            shown = keys + more if value else "(empty dict)"
+            raise InvalidReference(f"{context}: no key {_shown(segment)}; keys: {shown}")
         return value[segment]
     if isinstance(value, list | tuple):
         digits = segment.isascii() and segment.isdigit() and len(segment) < 19  # "²".isdigit()
         if not digits or int(segment) >= len(value):
             valid = f"valid: 0..{len(value) - 1}" if value else "it is empty"
             raise InvalidReference(
-                f"{context}: {segment!r} is not an index of this {type(value).__name__} "
+                f"{context}: {_shown(segment)} is not an index of this {type(value).__name__} "
                 f"of length {len(value)} ({valid})"
             )
         return value[int(segment)]
     raise InvalidReference(
-        f"{context}: cannot look up {segment!r} in a {type(value).__name__} value"
+        f"{context}: cannot look up {_shown(segment)} in a {type(value).__name__} value"
     )
+
+
+_SHOWN = 80  # characters of a reference or segment a message quotes
+_KEYS_SHOWN = 20  # dict keys a message lists
+
+
+def _shown(text: str) -> str:
+    """`text` quoted for a message; a long one cut, its length said (a message goes into
+    the Execution record and Celery's result: a megabyte of input must not double there)."""
+    if len(text) <= _SHOWN:
+        return repr(text)
+    return f"{text[:_SHOWN]!r}... ({len(text):,} characters)"

@@ -9,7 +9,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from graftq.errors import InvalidReference
-from graftq.registry.references import Reference, parse
+from graftq.registry.references import Reference, navigate, parse
 
 # No example database: it would write a .hypothesis directory into the working tree.
 PROFILE = settings(database=None, max_examples=200, deadline=None)
@@ -96,3 +96,19 @@ def test_an_empty_segment_is_refused(uid: str, before: list[str], after: list[st
 @given(st.text().filter(lambda s: not s.startswith("@")))
 def test_strings_without_at_are_left_alone(text: str) -> None:
     assert parse(text) == text
+
+
+def test_messages_stay_short_however_long_the_reference() -> None:
+    """A message is stored in the Execution record and Celery's result: a megabyte of
+    reference must not make megabytes of error (each long part is cut, its length said)."""
+    target = str(uuid.UUID(int=0))
+    long = "k" * 1_000_000
+    for text in (f"@{target}._{long}", f"@{long}", f"@{target}.{long}..x"):
+        with pytest.raises(InvalidReference) as caught:
+            parse(text)
+        assert len(str(caught.value)) < 600 and "characters" in str(caught.value)
+    wide = {f"key{i}": i for i in range(100_000)}
+    for value in (wide, [0], Reference, "text"):
+        with pytest.raises(InvalidReference) as caught:
+            navigate(value, Reference(f"@{target}.{long}", target, (long,)))
+        assert len(str(caught.value)) < 1_000
