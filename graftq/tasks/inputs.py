@@ -28,6 +28,7 @@ class Prepared:
     pinned: dict[str, Any]
     kwargs: dict[str, Any]
     read_by_head: frozenset[str]
+    failed: Execution | None = None  # a failed run recorded under the execution id asked about
 
     @property
     def by_lineage(self) -> bool:
@@ -205,7 +206,8 @@ def prepare(
     Entity objects among the values are validated as given first, and only
     then stored, so bad input leaves no trace in the store. With `replay_of`, that
     execution's record is read in the same round trip as the inputs; if it
-    succeeded, `Done` comes back and nothing is validated. An `announce` is told
+    succeeded, `Done` comes back and nothing is validated; if it failed, it comes
+    back as `Prepared.failed`. An `announce` is told
     in that round trip.
     """
     given = bounds.carried(store, info, as_input(input_data))  # too deep or not JSON: refused
@@ -218,7 +220,7 @@ def prepare(
         [given] = store_entities(store, [given])
         resolution = references.resolve(store, given)
         kwargs = validate(info, resolution.value)
-    return Prepared(info, given, resolution.pinned, kwargs, resolution.read_by_head)
+    return Prepared(info, given, resolution.pinned, kwargs, resolution.read_by_head, done)
 
 
 def prepare_many(

@@ -98,6 +98,8 @@ def run_call(
         prepared = prepare(store, info, input_data, replay_of=replay_of, announce=announce)
         if isinstance(prepared, Done):  # a redelivery of a job that already committed
             return replayed(store, same_job(prepared.execution, info, digest))
+        if prepared.failed is not None:  # a retry may replace its own failure, no other's
+            same_job(prepared.failed, info, digest)
         memo_key = _memo_key(store, prepared)
         if memo_key and (hit := store.memoized(memo_key)) is not None:
             return replayed(store, hit)

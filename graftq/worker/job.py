@@ -104,13 +104,19 @@ class Job:
                 f"status {self.status}"
             ) from None
         except celery_errors.TimeLimitExceeded as exc:
+            self._own_failure()
             raise TimeLimitExceeded(
                 f"job {self.id} ({self._info.name}) hit Celery's time limit: {exc}"
             ) from None
         except InvalidInput as exc:
+            self._own_failure()
             raise _validation_error(exc) from None
         except UnpickleableExceptionWrapper as exc:
+            self._own_failure()
             raise _unwrapped(exc) from None
+        except Exception:  # the function's own exception
+            self._own_failure()
+            raise
         with reachable(self._settings):
             store = self._store()
             execution = store.execution(payload["execution_id"])
@@ -121,6 +127,14 @@ class Job:
                 )
             same_job(execution, self._info, self._digest(execution.id))
             return results.replay(store, execution.result, execution.outputs)
+
+    def _own_failure(self) -> None:
+        """`GraftError` if the failure Celery holds under this id is another job's: a
+        reused task id whose first job failed (Celery keeps that job's state)."""
+        with reachable(self._settings):
+            execution = self._store().execution(self.id)
+        if execution is not None:
+            same_job(execution, self._info, self._digest(execution.id))
 
     def _digest(self, execution_id: str) -> str | None:
         """The `input_digest` the worker made of this job's input, if `execution_id` is this

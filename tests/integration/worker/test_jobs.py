@@ -178,6 +178,26 @@ def test_a_reused_task_id_is_refused_never_answered_with_another_jobs_result(
     )
 
 
+def test_a_task_id_of_a_failed_job_is_refused_to_another_job(app: App, shared_worker: Node) -> None:
+    """SPEC 5: an execution id reused for another callable is refused — also when the
+    first job failed; its FAILURE record stays (a retry of that job could replace it)."""
+    task_id = f"reused-failure-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(ValueError, match="first"):
+        app.submit("fail", {"message": "first"}, task_id=task_id).get(timeout=30)
+
+    other = app.submit("bonus", {"student_age": 2, "bonus_amount": 1.5}, task_id=task_id)
+
+    with pytest.raises(graftq.GraftError, match=f"execution {task_id} is already recorded"):
+        other.get(timeout=30)
+    wait_until(  # Celery answered at once with the first job's state: wait for the worker
+        lambda: shared_worker.proc.log().count(f"bonus[{task_id}] FAILURE") == 1,
+        60,
+        "the worker refused the job that reused the id",
+    )
+    run = failure_record(app, task_id, "ValueError: first")
+    assert run.callable == "fail"
+
+
 def test_wrong_return_type_arrives_as_return_type_error_and_commits_nothing(app: App) -> None:
     student = app.entities.put(Student(name="Cy", age=40))
     job = app.submit("wrong_type", {"student": f"@{student.lineage_id}"})
