@@ -328,6 +328,8 @@ def flower(app_path: str, port: int, address: str, basic_auth: str | None, no_au
     if basic_auth:
         _check_credentials(basic_auth)
     app = load_app(app_path)
+    with app.celery.connection_for_write() as broker:  # Flower would wait on it without a word
+        broker.ensure_connection(max_retries=1, interval_start=0)
     argv = ["flower", f"--port={port}", f"--address={address}"]
     if basic_auth:
         argv.append(f"--basic-auth={basic_auth}")

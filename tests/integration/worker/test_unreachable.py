@@ -206,8 +206,9 @@ def test_refused_port_comes_back(app_on: Callable[[str], App]) -> None:
         ["submit", "--app", SCHOOL, "bonus", "--input", '{"student_age": 2, "bonus_amount": 1}'],
         ["show", str(uuid.uuid4())],
         ["history", str(uuid.uuid4())],
+        ["flower", "--app", SCHOOL, "--no-auth", "--port", str(free_port())],
     ],
-    ids=["submit", "show", "history"],
+    ids=["submit", "show", "history", "flower"],
 )
 def test_cli_reports_an_unreachable_server_in_one_line(args: list[str]) -> None:
     with silent_listener() as port:
