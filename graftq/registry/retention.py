@@ -151,6 +151,7 @@ class Pruner:
         self.keep = keep
         self.cutoff = None if older_than is None else _before(now, older_than)
         self.run = uuid.uuid4().hex
+        self._started = False  # holds the lock (a dry run never does, and writes nothing)
         self._snapshot = Snapshot()
         self._remove = self._client.register_script(_REMOVE)
 
@@ -162,6 +163,7 @@ class Pruner:
                 f"another prune (run {other}) is in progress on prefix {self._keys.prefix!r}; "
                 f"try again when it ends (its lock expires within {LOCK_SECONDS}s)"
             )
+        self._started = True
 
     def finish(self) -> None:
         """Withdraw the announcement if it is still ours (after a failure)."""
@@ -237,7 +239,8 @@ class Pruner:
                 head, history = replies[2 * n], replies[2 * n + 1]
                 if head is not None and history:
                     snap.heads[lineage], snap.history[lineage] = head, history
-            self._client.expire(self._keys.prune, LOCK_SECONDS)  # still running
+            if self._started:
+                self._client.expire(self._keys.prune, LOCK_SECONDS)  # still running
         ids = [ecs_id for history in snap.history.values() for ecs_id in history]
         for chunk, raws in self._mget(self._keys.version, ids):
             for ecs_id, raw in zip(chunk, raws, strict=True):

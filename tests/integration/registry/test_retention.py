@@ -184,7 +184,9 @@ def test_a_second_prune_is_refused_while_one_runs(reg: EntityRegistry) -> None:
     try:
         with pytest.raises(GraftError, match="another prune"):
             reg.prune(keep=1)
+        reg.client.expire(reg.keys.prune, 7)
         assert reg.prune(keep=1, dry_run=True).versions == 2  # a dry run needs no lock
+        assert 0 < reg.client.ttl(reg.keys.prune) <= 7  # and writes nothing, not even to it
     finally:
         first.finish()
     assert reg.prune(keep=1).versions == 2
