@@ -189,6 +189,18 @@ def make_app(name: str = "school") -> App:
         return len(message)
 
     @app.register
+    def forks(how: str) -> str:
+        """Forks, and the forked process returns from the body too, as the body does
+        (`how`: "return" or "raise"); the body waits for it to end first."""
+        pid = os.fork()
+        if pid == 0:
+            if how == "raise":
+                raise Boom("from the forked process")
+            return "forked process"
+        os.waitpid(pid, 0)
+        return "body"
+
+    @app.register
     def niceness() -> int:
         """The scheduling priority the body runs at."""
         return os.getpriority(os.PRIO_PROCESS, 0)

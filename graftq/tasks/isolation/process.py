@@ -137,18 +137,28 @@ def neutralize_sockets(*keep: int) -> None:
 def run_framed(
     call: Callable[[], Any], encode: Callable[[Any], bytes], setup: Callable[[], None] | None
 ) -> Frame:
+    caller = os.getpid()
     try:
         if setup is not None:
             setup()
         value = call()
         if inspect.isawaitable(value):
             value = await_fresh(value)
+        _only_in(caller)
         payload = encode(value)
         if not isinstance(payload, bytes):
             raise TypeError(f"encode returned {type(payload).__name__}, not bytes")
         return RESULT, payload
     except BaseException as exc:
+        _only_in(caller)
         return ERROR, exception_payload(exc)
+
+
+def _only_in(caller: int) -> None:
+    """End a process the call forked that returned (or raised) from the call as well
+    (os.fork without os._exit): only the caller answers for the call."""
+    if os.getpid() != caller:
+        os._exit(0)
 
 
 def await_fresh(awaitable: Awaitable[Any]) -> Any:

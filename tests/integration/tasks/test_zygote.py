@@ -132,6 +132,17 @@ def test_what_the_body_logs_and_prints_reaches_the_caller(
     assert "chatty prints hello-zygote" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("how", ["return", "raise"])
+def test_a_process_the_body_forked_answers_for_no_call(zygote: Zygote, how: str) -> None:
+    """A body that forks, and whose forked process returns from it as well (no os._exit
+    there): only the body's own outcome comes back, to its own call; the next calls
+    get theirs."""
+    assert call(zygote, "forks", how=how) == "body"
+    assert call(zygote, "bonus", student_age=3, bonus_amount=1.0) == 3.0
+    assert call(zygote, "forks", how=how) == "body"
+    assert call(zygote, "bonus", student_age=4, bonus_amount=1.0) == 4.0
+
+
 def test_the_callers_log_level_reaches_the_body(
     redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
