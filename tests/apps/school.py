@@ -11,9 +11,14 @@ writes its identity to `pid_file` once it runs (`tests.processes.write_pid`), an
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import signal
+import struct
+import sys
+import termios
+import threading
 import time
 from pathlib import Path
 
@@ -199,6 +204,52 @@ def make_app(name: str = "school") -> App:
             return "forked process"
         os.waitpid(pid, 0)
         return "body"
+
+    @app.register
+    def chatter(size: int) -> int:
+        """Leaves a thread logging `size`-character lines for as long as the process lives."""
+        talking = threading.Event()
+        line = "x" * size
+
+        def talk() -> None:
+            while True:
+                talking.set()
+                logging.getLogger("tests.apps.school").warning("chatter %s", line)
+
+        threading.Thread(target=talk, daemon=True).start()
+        talking.wait()
+        return size
+
+    @app.register
+    def babble(size: int) -> int:
+        """Logs `size`-character lines without end."""
+        line = "x" * size
+        while True:
+            logging.getLogger("tests.apps.school").warning("babble %s", line)
+
+    @app.register
+    def dies_answering(size: int) -> str:
+        """Returns `size` characters, and a thread of its ends the process once part of
+        the answer is on its way (in the socket's queue), the rest not."""
+        answering = threading.main_thread().ident
+
+        def queued(fd: int) -> int:
+            return struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0" * 4))[0]
+
+        def end_while_answering() -> None:
+            while True:
+                frame = sys._current_frames().get(answering)
+                while frame is not None:
+                    if frame.f_code.co_name == "write_all":
+                        fd = frame.f_locals["fd"]
+                        while not queued(fd):
+                            pass
+                        os._exit(0)
+                    frame = frame.f_back
+                time.sleep(0.0005)
+
+        threading.Thread(target=end_while_answering, daemon=True).start()
+        return "x" * size
 
     @app.register
     def niceness() -> int:

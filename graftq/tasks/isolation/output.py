@@ -28,6 +28,13 @@ class Output:
         self._data = data
         self._lock = threading.Lock()  # a body's threads may log at once
 
+    def close(self) -> None:
+        """Send no more, for as long as this process lives: a write in progress (another
+        thread's) ends first, and any other waits forever. Before the last frame of a
+        process that exits with threads still logging, so that none goes into or after it.
+        """
+        self._lock.acquire()
+
     def send(self, stream: str, text: str, name: str = "", level: int = 0) -> None:
         line = {"stream": stream, "text": text, "name": name, "level": level}
         with self._lock:
@@ -63,12 +70,22 @@ class _Stream(io.TextIOBase):
         return len(text)
 
 
+_forwarded: list[Output] = []  # the Output of this process, once `forward` made it
+
+
 def forward(data: socket.socket) -> None:
     """From now on, this process's logging and printing go to `data` as frames."""
     output = Output(data)
+    _forwarded.append(output)
     logging.getLogger().handlers = [_Handler(output)]
     sys.stdout = _Stream(output, "out")
     sys.stderr = _Stream(output, "err")
+
+
+def close() -> None:
+    """`Output.close` of this process's output, if it is forwarded."""
+    for output in _forwarded:
+        output.close()
 
 
 def replay(frame: Frame) -> Frame | None:

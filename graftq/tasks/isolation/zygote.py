@@ -89,6 +89,7 @@ class Zygote:
             data.close()
         self._ready = False
         self._owed = False  # the status of the last child is still to be read
+        self._received = bytearray()  # from the data channel, not yet whole frames
 
     @property
     def pid(self) -> int:
@@ -120,6 +121,7 @@ class Zygote:
             self._await_ready()
         if self._owed:
             self._status()
+            self._discard()
         request = _request(name, version, kwargs)
         send(self._data, _REQUEST, request)
         deadline = None if time_limit is None else time.monotonic() + time_limit
@@ -154,7 +156,7 @@ class Zygote:
         with contextlib.suppress(OSError, IsolationError):
             send(self._control, _KILL, b"")
             self._status()
-            _drain(self._data)
+            self._discard()
 
     def _await_ready(self) -> None:
         ready = _readable([self._control], _START_TIMEOUT)
@@ -174,23 +176,29 @@ class Zygote:
         (the child has ended its call; its exit is no reason to wait). A request its
         child died without starting (a spare killed from outside) never ran: it goes to
         the next child — a few times; when no child lives to take it, the zygote is
-        stopped and the call fails.
+        stopped and the call fails. Frames are read as they come, never waited for whole:
+        a child may die in the middle of one, and one that never stops sending must still
+        meet its deadline.
         """
         killed = started = False
         resent = idle_deaths = 0
         while True:
-            wait = None if deadline is None or killed else max(0.0, deadline - time.monotonic())
-            readable = _readable([self._data, self._control], wait)
-            if not readable:  # past the deadline: the zygote kills the child and says so
-                send(self._control, _KILL, b"")
-                killed = True
-                continue
-            if self._data in readable and (frame := output.replay(receive(self._data))):
+            frame = self._frame()
+            if frame is not None:
                 if frame[0] == _STARTED:
                     started = True
                     continue
                 self._owed = True
                 return frame
+            if deadline is not None and not killed and time.monotonic() >= deadline:
+                send(self._control, _KILL, b"")  # the zygote kills the child and says so
+                killed = True
+            wait = None if deadline is None or killed else max(0.0, deadline - time.monotonic())
+            readable = _readable([self._data, self._control], wait)
+            if self._data in readable:
+                if self._receive() == 0:
+                    raise IsolationError(f"the zygote for {self.app_path} closed its channel")
+                continue
             if self._control in readable:
                 status = self._status()
                 if not (started or status.unread):  # a spare died idle: not our call
@@ -207,8 +215,52 @@ class Zygote:
                         f"died before taking a call (the last, pid {status.pid}, "
                         f"{_describe(status.status)})"
                     )
-                frame = _drain(self._data)  # the child may have written just before it ended
+                # the child may have written just before it ended: all it wrote is here now
+                frame = self._last_frame()
                 return frame or status._replace(killed=killed)
+
+    def _receive(self) -> int | None:
+        """Add what the data channel holds now to what was received: how many bytes
+        (0 when it is closed), None if there is nothing to read now."""
+        self._data.setblocking(False)
+        try:
+            chunk = self._data.recv(1 << 20)
+        except BlockingIOError:
+            return None
+        finally:
+            self._data.setblocking(True)
+        self._received += chunk
+        return len(chunk)
+
+    def _frame(self) -> Frame | None:
+        """The next whole frame received that is not the body's output (that is logged)."""
+        while process.complete(self._received):
+            kind, size = process.HEADER.unpack_from(self._received)
+            start = process.HEADER.size
+            frame = output.replay((kind, bytes(self._received[start : start + size])))
+            del self._received[: start + size]
+            if frame is not None:
+                return frame
+        return None
+
+    def _last_frame(self) -> Frame | None:
+        """Once the child and all it started are dead: its answer, if it sent it whole;
+        whatever else is left is dropped."""
+        while self._receive():
+            pass
+        frame = None
+        while (found := self._frame()) is not None:
+            if frame is None and found[0] != _STARTED:
+                frame = found
+        self._received.clear()
+        return frame
+
+    def _discard(self) -> None:
+        """Drop what the last child, or a process it started, left on the data channel
+        (half a frame, say, or the frame of a process it forked): all of them are dead."""
+        while self._receive():
+            pass
+        self._received.clear()
 
     def _stopped(self, why: str) -> IsolationError:
         """Kill the zygote (silent, or its children die before taking a call: its App's
@@ -238,27 +290,6 @@ def _describe(status: int) -> str:
             return f"was killed by signal {signal.Signals(number).name}"
         return f"was killed by signal {number}"
     return f"exited with status {os.WEXITSTATUS(status)}"
-
-
-def _drain(sock: socket.socket) -> tuple[bytes, bytes] | None:
-    """A complete frame already waiting on `sock`, else None; leftovers are dropped."""
-    buffer = bytearray()
-    sock.setblocking(False)
-    try:
-        while chunk := sock.recv(1 << 20):
-            buffer += chunk
-    except BlockingIOError:
-        pass
-    finally:
-        sock.setblocking(True)
-    while process.complete(buffer):
-        kind, size = process.HEADER.unpack_from(buffer)
-        start = process.HEADER.size
-        frame = output.replay((kind, bytes(buffer[start : start + size])))
-        if frame is not None:
-            return frame
-        del buffer[: start + size]
-    return None
 
 
 def _serve(
@@ -379,6 +410,7 @@ def _child(data: socket.socket, app: Any, sample: bytes) -> NoReturn:
         )
         process.sweep()
         process.flush_std()
+        output.close()  # the body's threads may log on: not into this frame, nor after it
         process.write_all(data.fileno(), process.HEADER.pack(kind, len(payload)) + payload)
         code = 0
     finally:

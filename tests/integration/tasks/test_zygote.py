@@ -83,6 +83,14 @@ def test_a_crash_is_an_isolation_error_and_the_zygote_serves_on(zygote: Zygote, 
     assert call(zygote, "bonus", student_age=1, bonus_amount=1.0) == 1.0
 
 
+def test_a_child_that_dies_in_the_middle_of_its_answer_is_an_isolation_error(
+    zygote: Zygote,
+) -> None:
+    with pytest.raises(IsolationError, match="before sending a result"):
+        call(zygote, "dies_answering", time_limit=30, size=50_000_000)
+    assert call(zygote, "bonus", student_age=1, bonus_amount=1.0) == 1.0
+
+
 def test_a_time_limit_kills_the_child_and_the_zygote_serves_on(
     zygote: Zygote, tmp_path: Path
 ) -> None:
@@ -93,6 +101,23 @@ def test_a_time_limit_kills_the_child_and_the_zygote_serves_on(
 
     body = read_proc(pid_file)
     wait_until(lambda: not lives(body), 30, f"the timed-out body {body} is gone")
+    assert call(zygote, "bonus", student_age=2, bonus_amount=1.0) == 2.0
+
+
+@pytest.fixture
+def unheard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the school's bodies log (at WARNING, so the body sends it) is dropped here on
+    arrival: the tests that use this log more than is worth keeping."""
+    logger = logging.getLogger("tests.apps.school")
+    monkeypatch.setattr(logger, "propagate", False)
+    monkeypatch.setattr(logger, "handlers", [logging.NullHandler()])
+    assert logging.getLogger().getEffectiveLevel() <= logging.WARNING
+
+
+@pytest.mark.usefixtures("unheard")
+def test_a_body_that_never_stops_logging_still_meets_its_time_limit(zygote: Zygote) -> None:
+    with pytest.raises(TimeLimitExceeded):
+        call(zygote, "babble", time_limit=1.0, size=1_000_000)
     assert call(zygote, "bonus", student_age=2, bonus_amount=1.0) == 2.0
 
 
@@ -141,6 +166,15 @@ def test_a_process_the_body_forked_answers_for_no_call(zygote: Zygote, how: str)
     assert call(zygote, "bonus", student_age=3, bonus_amount=1.0) == 3.0
     assert call(zygote, "forks", how=how) == "body"
     assert call(zygote, "bonus", student_age=4, bonus_amount=1.0) == 4.0
+
+
+@pytest.mark.usefixtures("unheard")
+def test_a_thread_the_body_leaves_logging_garbles_no_result(zygote: Zygote) -> None:
+    """The body returns while its thread still logs (lines longer than a socket's buffer):
+    each call gets its own result, whole, and the next call's channel is clean."""
+    for size in [100_000] * 5 + [1_000_000] * 5:
+        assert call(zygote, "chatter", time_limit=30, size=size) == size
+        assert call(zygote, "bonus", time_limit=30, student_age=size, bonus_amount=1.0) == size
 
 
 def test_the_callers_log_level_reaches_the_body(
