@@ -4,7 +4,7 @@ Per call the parent makes a fresh ``os.pipe()`` and forks. The child dies with i
 parent (PR_SET_PDEATHSIG), leads its own process group, becomes a subreaper
 (PR_SET_CHILD_SUBREAPER: whatever the call starts and then detaches with setsid or a
 double fork is reparented to the child, not to init), drops inherited signal handlers
-and sockets, runs ``setup()``, the call (awaiting an awaitable on a fresh event loop)
+and connections, runs ``setup()``, the call (awaiting an awaitable on a fresh event loop)
 and ``encode``, kills every process the call left behind, writes one frame and leaves
 with ``os._exit`` — never returning into the caller or running atexit handlers::
 
@@ -46,7 +46,7 @@ from graftq.tasks.isolation.process import (
     flush_std,
     kill_tree,
     libc_prctl,
-    neutralize_sockets,
+    neutralize_connections,
     remote_error,
     reset_child_state,
     run_framed,
@@ -217,7 +217,7 @@ def _child(
         if os.getppid() != parent_pid:  # the parent died before prctl took effect
             os._exit(EXIT_FAILED)
         reset_child_state()
-        neutralize_sockets(write_fd)
+        neutralize_connections(write_fd)
         kind, payload = work()
         sweep()  # the call is over: nothing it started may outlive it
         flush_std()  # before the frame, so the parent never waits on a blocked flush

@@ -112,11 +112,13 @@ def reset_child_state() -> None:
         signal.set_wakeup_fd(-1)
 
 
-def neutralize_sockets(*keep: int) -> None:
-    """Point inherited sockets at /dev/null so the call cannot use the parent's connections.
+def neutralize_connections(*keep: int) -> None:
+    """Point inherited sockets and pipes at /dev/null so the call cannot use the parent's
+    connections (Redis, the broker, a pool process's pipes to the worker's main process).
 
-    dup2 rather than close: the number stays taken, so no new descriptor can reuse it
-    under a stale socket object that would later write to or close it.
+    Standard input and output stay, as do regular files (log files). dup2 rather than
+    close: the number stays taken, so no new descriptor can reuse it under a stale socket
+    object that would later write to or close it.
     """
     try:
         names = os.listdir("/proc/self/fd")
@@ -128,7 +130,8 @@ def neutralize_sockets(*keep: int) -> None:
             if fd in (0, 1, 2, devnull, *keep):
                 continue
             with contextlib.suppress(OSError):  # e.g. the listdir descriptor, now closed
-                if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                mode = os.fstat(fd).st_mode
+                if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
                     os.dup2(devnull, fd, inheritable=False)
     finally:
         os.close(devnull)

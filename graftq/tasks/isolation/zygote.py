@@ -312,7 +312,7 @@ def _serve(
     # What every child needs is done here, once: a child's every first write to a page
     # is a copy, so the less it does after the fork, the cheaper it is. The zygote
     # itself never runs a call, so it may as well be isolated, quiet and socket-free.
-    process.neutralize_sockets(data.fileno(), control.fileno())
+    process.neutralize_connections(data.fileno(), control.fileno())
     isolate_stores()
     output.forward(data)
     # P's level, set here once: setLevel clears every logger's cache, a write to each

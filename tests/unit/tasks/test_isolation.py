@@ -176,6 +176,26 @@ def test_inherited_sockets_are_pointed_at_devnull() -> None:
         theirs.close()
 
 
+def test_inherited_pipes_are_pointed_at_devnull() -> None:
+    """A pipe to another process (a worker pool process's to its main process, say) is a
+    connection the call must not inherit: the call writes to /dev/null instead."""
+    read_end, write_end = os.pipe()
+    try:
+
+        def use_pipe() -> bool:
+            os.write(write_end, b"from the child")  # lands in /dev/null
+            return stat.S_ISFIFO(os.fstat(write_end).st_mode)
+
+        assert run(use_pipe) is False
+        os.set_blocking(read_end, False)
+        with pytest.raises(BlockingIOError):
+            os.read(read_end, 100)
+        assert stat.S_ISFIFO(os.fstat(write_end).st_mode)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
 def test_inherited_signal_handlers_are_reset() -> None:
     previous = signal.signal(signal.SIGUSR2, lambda signum, frame: None)
     try:
