@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from graftq.errors import ReturnTypeError
 from graftq.registry.entity import Entity
+from graftq.registry.overlay import restamped
 from graftq.registry.store import EntityRegistry
 from graftq.tasks import encoding
 
@@ -35,6 +37,22 @@ def record(value: Any) -> Recorded:
         return {encoding.TAG: "output", "i": len(found) - 1}
 
     return Recorded(encoding.encode(value, entity=output), found)
+
+
+def unrecordable(name: str, error: encoding.EncodingError) -> ReturnTypeError:
+    """The error for a value callable `name` returned that graftq cannot record."""
+    return ReturnTypeError(f"callable {name!r} returned a value graftq cannot record: {error}")
+
+
+def carried(name: str, value: Any) -> bytes:
+    """What callable `name` returned, as it crosses from its isolated child to the caller:
+    typed JSON (pickled where it has no typed form), each entity the body stored
+    restamped (`overlay.restamped`). A value not even pickle carries is a
+    ReturnTypeError, as it is without isolation (which records it, or fails to)."""
+    try:
+        return encoding.dumps(restamped(value), pickles=True)
+    except encoding.EncodingError as exc:
+        raise unrecordable(name, exc) from None
 
 
 def rebuild(data: Any, entities: list[Entity]) -> Any:

@@ -24,7 +24,7 @@ import pydantic
 from graftq.errors import ReturnTypeError, Unreachable, VersionConflict
 from graftq.registry import commit
 from graftq.registry.execution import Execution, ExecutionStatus
-from graftq.registry.overlay import isolate_stores, restamped
+from graftq.registry.overlay import isolate_stores
 from graftq.registry.store import Announcement, EntityRegistry
 from graftq.tasks import encoding, results
 from graftq.tasks.callables import CallableInfo
@@ -230,7 +230,7 @@ def execute_body(store: EntityRegistry, prepared: Prepared, zygote: Zygote | Non
     body.__qualname__ = f"callable {info.name!r}"
     value = run_isolated(
         body,
-        encode=lambda value: encoding.dumps(restamped(value), pickles=True),
+        encode=lambda value: results.carried(info.name, value),
         decode=lambda payload: encoding.loads(payload, pickles=True),  # our own child
         time_limit=info.time_limit,
         setup=isolate_stores,
@@ -283,9 +283,7 @@ def _recorded(info: CallableInfo, value: Any) -> results.Recorded:
     try:
         return results.record(value)
     except encoding.EncodingError as exc:
-        raise ReturnTypeError(
-            f"callable {info.name!r} returned a value graftq cannot record: {exc}"
-        ) from None
+        raise results.unrecordable(info.name, exc) from None
 
 
 def _annotation(info: CallableInfo) -> str:

@@ -21,6 +21,7 @@ import termios
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from graftq import App, Entity
 from tests.processes import write_pid
@@ -250,6 +251,11 @@ def make_app(name: str = "school") -> App:
 
         threading.Thread(target=end_while_answering, daemon=True).start()
         return "x" * size
+
+    @app.register
+    def countdown(n: int) -> Any:
+        """Returns a generator: a value nothing carries, nor records."""
+        return (i for i in range(n, 0, -1))
 
     @app.register
     def niceness() -> int:

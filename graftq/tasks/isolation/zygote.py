@@ -45,8 +45,8 @@ import time
 from typing import Any, NamedTuple, NoReturn
 
 from graftq.errors import IsolationError, TimeLimitExceeded
-from graftq.registry.overlay import isolate_stores, restamped
-from graftq.tasks import encoding
+from graftq.registry.overlay import isolate_stores
+from graftq.tasks import encoding, results
 from graftq.tasks.isolation import output, process, rawfork, rehearsal
 from graftq.tasks.isolation.process import Frame, receive, send
 
@@ -403,9 +403,10 @@ def _child(data: socket.socket, app: Any, sample: bytes) -> NoReturn:
         _, raw = receive(data)
         if prctl is not None:
             prctl(process.PR_SET_NAME, process.CALL_NAME)
+        header: dict[str, Any] = {}  # `_call` reads it from the request
         kind, payload = process.run_framed(
-            lambda: _call(app, raw),
-            lambda value: encoding.dumps(restamped(value), pickles=True),
+            lambda: _call(app, raw, header),
+            lambda value: results.carried(header["name"], value),
             None,
         )
         process.sweep()
@@ -435,9 +436,11 @@ def _request(name: str, version: str, kwargs: dict[str, Any]) -> bytes:
         return pickle.dumps((header, arguments), protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _call(app: Any, request: bytes) -> Any:
-    """Run the request's callable, as registered in the App this zygote imported."""
-    header, arguments = pickle.loads(request)
+def _call(app: Any, request: bytes, header: dict[str, Any]) -> Any:
+    """Run the request's callable, as registered in the App this zygote imported; its
+    header is put in `header`."""
+    loaded, arguments = pickle.loads(request)
+    header.update(loaded)
     info = app.callables[header["name"]]
     if info.version != header["version"]:
         raise IsolationError(

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from graftq import IsolationError, TimeLimitExceeded
+from graftq import IsolationError, ReturnTypeError, TimeLimitExceeded
 from graftq.tasks.isolation.zygote import Zygote
 from graftq.worker.pool import APP_VARIABLE, ForkServer
 from tests.apps import stillborn, unrehearsed
@@ -60,6 +60,13 @@ def test_a_result_and_the_calls_own_exception_come_back(zygote: Zygote) -> None:
     with pytest.raises(ValueError, match="boom"):
         call(zygote, "fail", message="boom")
     assert call(zygote, "bonus", student_age=4, bonus_amount=2.0) == 8.0
+
+
+def test_a_value_nothing_can_carry_is_a_return_type_error(zygote: Zygote) -> None:
+    """As with `app.execute` and without isolation: a ReturnTypeError naming the callable."""
+    with pytest.raises(ReturnTypeError, match="'countdown' returned a value graftq cannot record"):
+        call(zygote, "countdown", n=3)
+    assert call(zygote, "bonus", student_age=3, bonus_amount=2.0) == 6.0
 
 
 def test_arguments_pickle_cannot_name_still_reach_the_body(zygote: Zygote) -> None:
