@@ -14,7 +14,7 @@ key it wrote: if that holds exactly what this attempt wrote, the commit landed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
@@ -44,15 +44,17 @@ class Writer(Protocol):
 class Request:
     """One commit: the trees to store and what to record with them.
 
-    A moved head is a `VersionConflict` unless `branch` is set and its lineage is
-    not in `strict` (the lineages an execution read by lineage reference); then the
-    new version is stored as a branch and that head stays. `also` adds commands to
-    the transaction that writes the execution record.
+    A moved head is a `VersionConflict` unless `branch` is set and the head is one
+    `strict` gives for its lineage, if any (lineage → the versions of it an execution
+    read by lineage reference: a head that moved since is a conflict, one that did not
+    leaves what derives from an older version a branch); then the new version is
+    stored as a branch and that head stays. `also` adds commands to the transaction
+    that writes the execution record.
     """
 
     trees: list[Node]
     branch: bool = False
-    strict: frozenset[str] = frozenset()
+    strict: Mapping[str, frozenset[str]] = field(default_factory=dict)
     derived_from: str | None = None
     execution: Execution | None = None
     memo_key: str | None = None
@@ -301,9 +303,9 @@ def _check_identities(plan: Plan, state: _State) -> None:
 
 def _check_conflicts(request: Request, moved: Moved) -> None:
     conflicts = {
-        lineage: heads
-        for lineage, heads in moved.items()
-        if not request.branch or lineage in request.strict
+        lineage: (expected, actual)
+        for lineage, (expected, actual) in moved.items()
+        if not request.branch or actual not in request.strict.get(lineage, {actual})
     }
     if conflicts:
         raise VersionConflict(conflict_message(conflicts))

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
@@ -89,14 +89,15 @@ class Resolution:
 
     `value` holds the resolved values (entities as fresh copies); `pinned`
     holds the same structure with each reference rewritten to its pinned form;
-    `read_by_head` names every lineage in the trees that lineage references read;
+    `read_by_head` maps every lineage in the trees that lineage references read to the
+    versions of it read there;
     `execution` is the record asked for with `resolve(..., execution_id=...)`.
     """
 
     value: Any
     pinned: Any
     references: tuple[Resolved, ...]
-    read_by_head: frozenset[str] = frozenset()
+    read_by_head: Mapping[str, frozenset[str]] = field(default_factory=dict)
     execution: Execution | None = None
 
     @property
@@ -183,17 +184,17 @@ def resolved(data: Any, found: list[Reference], snapshot: Snapshot | None) -> Re
     ]
     values = iter([navigate(root, ref) for root, ref in zip(roots, found, strict=True)])
     pinned = iter([r.pinned_text for r in resolved])
-    by_head = {
-        str(node.entity.lineage_id)
-        for root, ref in zip(roots, resolved, strict=True)
-        if ref.by_lineage
-        for node in nodes(walk(root))
-    }
+    by_head: dict[str, frozenset[str]] = {}
+    for root, read in zip(roots, resolved, strict=True):
+        if read.by_lineage:
+            for node in nodes(walk(root)):
+                lineage = str(node.entity.lineage_id)
+                by_head[lineage] = by_head.get(lineage, frozenset()) | {str(node.entity.ecs_id)}
     return Resolution(
         _map(data, lambda _: next(values)),
         _map(data, lambda _: next(pinned), escaped=True),
         tuple(resolved),
-        frozenset(by_head),
+        by_head,
         execution,
     )
 

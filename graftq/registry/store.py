@@ -6,7 +6,7 @@ import dataclasses
 import json
 import re
 import typing
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -177,15 +177,16 @@ class EntityRegistry:
         roots: Sequence[Entity],
         *,
         branch: bool = False,
-        strict: Iterable[str] = (),
+        strict: Mapping[str, frozenset[str]] | None = None,
         execution: Execution | None = None,
         memo_key: str | None = None,
         also: commit.Also | None = None,
     ) -> Committed:
         """Store several trees (and an execution record) in one transaction.
 
-        A moved head is a `VersionConflict`; with `branch`, only for the lineages in
-        `strict`, and the others' new versions are stored as branches. With an
+        A moved head is a `VersionConflict`; with `branch`, only where `strict` (lineage →
+        the versions of it read by lineage reference) does not list the head, and the
+        others' new versions are stored as branches. With an
         `execution` whose id already has a successful record, nothing is written
         and the recorded execution comes back with `replayed=True`. `also` gives
         further commands for the transaction that records the execution.
@@ -193,7 +194,7 @@ class EntityRegistry:
         request = commit.Request(
             trees=[walk(root) for root in roots],
             branch=branch,
-            strict=frozenset(strict),
+            strict=strict or {},
             derived_from=execution.id if execution else None,
             execution=execution,
             memo_key=memo_key,

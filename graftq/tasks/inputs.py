@@ -27,7 +27,7 @@ class Prepared:
     given: dict[str, Any]
     pinned: dict[str, Any]
     kwargs: dict[str, Any]
-    read_by_head: frozenset[str]
+    read_by_head: Mapping[str, frozenset[str]]  # lineage → versions of it read by head
     failed: Execution | None = None  # a failed run recorded under the execution id asked about
 
     @property

@@ -167,6 +167,31 @@ def test_pinned_inputs_branch_instead_of_moving_the_head(app: App, store: Entity
     assert all(run and run.inputs == {"counter": str(counter.ecs_id)} for run in runs)
 
 
+def test_a_lineage_read_both_by_head_and_pinned_branches_what_derives_from_the_pin(
+    app: App, store: EntityRegistry
+) -> None:
+    """The rule is per lineage and about heads moved under the job: a lineage read by
+    head whose head did not move re-runs nothing, and what the body derived from an older,
+    pinned version of it is stored as a branch, as from any pinned input."""
+
+    @app.register
+    def restore(current: Counter, old: Counter) -> Counter:
+        old.value += 100
+        return old
+
+    first = put_counter(store)
+    current = store.put(first.model_copy(update={"value": 5}))
+
+    result = app.execute("restore", {"current": f"@{first.lineage_id}", "old": f"@{first.ecs_id}"})
+
+    assert isinstance(result, Counter) and result.value == 100
+    assert result.parent_id == first.ecs_id
+    assert store.head_id(first.lineage_id) == str(current.ecs_id)  # the head stays
+    run = store.provenance(result.ecs_id)
+    assert run is not None and run.attempts == 1 and run.branched
+    assert run.inputs == {"current": str(current.ecs_id), "old": str(first.ecs_id)}
+
+
 def test_lineage_input_after_branches_follows_the_head(app: App, store: EntityRegistry) -> None:
     counter = put_counter(store)
     first = app.execute("increment", {"counter": f"@{counter.ecs_id}"})
