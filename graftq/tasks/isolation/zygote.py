@@ -222,13 +222,10 @@ class Zygote:
     def _receive(self) -> int | None:
         """Add what the data channel holds now to what was received: how many bytes
         (0 when it is closed), None if there is nothing to read now."""
-        self._data.setblocking(False)
         try:
-            chunk = self._data.recv(1 << 20)
+            chunk = self._data.recv(1 << 20, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return None
-        finally:
-            self._data.setblocking(True)
         self._received += chunk
         return len(chunk)
 
