@@ -23,6 +23,7 @@ import pytest
 
 from graftq.errors import IsolationError, TimeLimitExceeded
 from graftq.tasks.isolation import run_isolated
+from tests.apps.school import app as school
 from tests.processes import (
     all_pids,
     kill,
@@ -133,20 +134,10 @@ def test_child_mutations_are_invisible_to_the_parent() -> None:
     assert STATE == []
 
 
-def forks_and_both_answer(how: str) -> str:
-    """Forks; the forked process returns (or raises) from the call too, before the call."""
-    pid = os.fork()
-    if pid == 0:
-        if how == "raise":
-            raise CustomError("from the forked process")
-        return "forked process"
-    os.waitpid(pid, 0)
-    return "call"
-
-
 @pytest.mark.parametrize("how", ["return", "raise"])
 def test_a_process_the_call_forked_does_not_answer_for_it(how: str) -> None:
-    assert run(lambda: forks_and_both_answer(how)) == "call"
+    forks = school.callables["forks"].func  # its forked process answers first, if it may
+    assert run(lambda: forks(how)) == "body"
 
 
 def test_setup_runs_in_the_child_only() -> None:
