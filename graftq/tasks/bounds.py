@@ -20,9 +20,10 @@ is stored, enqueued or run:
 
 The callable then always gets the JSON form validated, in `app.execute` as on a
 worker. Entity objects are kept as they are: they are stored and replaced by
-references — those inside a plain model too, whose JSON form is then built field by
-field around them. The same depth bound guards a worker before it hands a message to
-its pool (`graftq.worker.guard`).
+references — those inside a plain model too. A plain model's JSON form is built field
+by field, each under the key its class validates (a validation alias, or the name),
+unless the class defines its own form with a model serializer. The same depth bound
+guards a worker before it hands a message to its pool (`graftq.worker.guard`).
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 import pydantic_core
-from pydantic import BaseModel
+from pydantic import AliasChoices, BaseModel
+from pydantic.fields import FieldInfo
 
 from graftq.errors import InvalidInput
-from graftq.registry import references, tree
+from graftq.registry import containers, references, tree
 from graftq.registry.entity import Entity
 
 if TYPE_CHECKING:
@@ -120,11 +122,8 @@ def _json_form(value: Any, where: str, changed: list[str]) -> Any:
         return {_key(k, where, changed): _json_form(v, where, changed) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_json_form(item, where, changed) for item in value]
-    if isinstance(value, BaseModel) and next(tree.roots(value), None) is not None:
-        declared = type(value).model_fields.items()
-        fields = {field.alias or name: getattr(value, name) for name, field in declared}
-        fields |= value.__pydantic_extra__ or {}
-        return {key: _json_form(item, where, changed) for key, item in fields.items()}
+    if isinstance(value, BaseModel) and (_custom_form(value) is None or _holds_entity(value)):
+        return _model_form(value, where, changed)
     try:
         return pydantic_core.to_jsonable_python(value)
     except (pydantic_core.PydanticSerializationError, ValueError, TypeError) as exc:
@@ -132,6 +131,53 @@ def _json_form(value: Any, where: str, changed: list[str]) -> Any:
             f"parameter {where!r}: a {type(value).__name__} value has no JSON form ({exc}); "
             "a job's input must travel as JSON"
         ) from None
+
+
+def _model_form(model: BaseModel, where: str, changed: list[str]) -> dict[str, Any]:
+    """A plain model as the dict its class validates: each field under the key validation
+    takes (pydantic's dump may use another: the name, or a serialization alias).
+
+    A field holding models is built here, so entities in it are kept; any other is
+    dumped by pydantic, its own serializers applied.
+    """
+    form: dict[str, Any] = {}
+    for name, field in type(model).model_fields.items():
+        item = getattr(model, name)
+        key = _validation_key(model, name, field)
+        if any(isinstance(leaf, BaseModel) for _, leaf in containers.leaves(item)):
+            form[key] = _json_form(item, where, changed)
+            continue
+        try:
+            dumped = pydantic_core.to_jsonable_python(model, include={name}, by_alias=False)
+        except (pydantic_core.PydanticSerializationError, ValueError, TypeError) as exc:
+            raise InvalidInput(
+                f"parameter {where!r}: field {name!r} of a {type(model).__name__} has no JSON "
+                f"form ({exc}); a job's input must travel as JSON"
+            ) from None
+        if name in dumped:  # not left out by Field(exclude=True)
+            form[key] = dumped[name]
+    extra = model.__pydantic_extra__ or {}
+    return form | {key: _json_form(item, where, changed) for key, item in extra.items()}
+
+
+def _custom_form(model: BaseModel) -> Any:
+    """The model serializer `model`'s class defines, if any: its form is the author's."""
+    return next(iter(type(model).__pydantic_decorators__.model_serializers.values()), None)
+
+
+def _holds_entity(model: BaseModel) -> bool:
+    return next(tree.roots(model), None) is not None
+
+
+def _validation_key(model: BaseModel, name: str, field: FieldInfo) -> str:
+    """The key under which `model`'s class validates field `name`: its validation alias
+    (the first plain one of an AliasChoices), unless the class validates by name only."""
+    alias: Any = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        alias = next((choice for choice in alias.choices if isinstance(choice, str)), None)
+    if isinstance(alias, str) and model.model_config.get("validate_by_alias", True):
+        return alias
+    return name
 
 
 def _key(key: Any, where: str, changed: list[str]) -> str:

@@ -7,6 +7,7 @@ import os
 import re
 import socket
 from collections.abc import Callable
+from typing import Any
 from uuid import UUID
 
 import pydantic
@@ -478,6 +479,85 @@ def test_entity_inside_a_model_input_is_stored_and_passed_by_version(
     assert store.get(read).age == (50 if changed else 20)
     assert store.get(read).parent_id == (stored.ecs_id if changed else None)
     assert given.age == (50 if changed else 20) and given.major == "math"
+
+
+class ByValidationAlias(pydantic.BaseModel):
+    """Pydantic validates a field by its validation alias, never by its name here."""
+
+    student: Student = pydantic.Field(validation_alias="pupil")
+    course: str = pydantic.Field(validation_alias=pydantic.AliasChoices("courseName", "c"))
+
+
+class BySerializationAlias(pydantic.BaseModel):
+    """Dumped as "pupil", validated only as "student"."""
+
+    student: Student = pydantic.Field(serialization_alias="pupil")
+    course: str = pydantic.Field(serialization_alias="courseName")
+
+
+class ByNameOnly(pydantic.BaseModel):
+    """An alias for the outside, but validated by field name only."""
+
+    model_config = pydantic.ConfigDict(validate_by_name=True, validate_by_alias=False)
+
+    student: Student = pydantic.Field(alias="pupil")
+    course: str = pydantic.Field(alias="courseName")
+
+
+class Grade(pydantic.BaseModel):
+    score: int = pydantic.Field(validation_alias="Score")
+
+
+class Transcript(pydantic.BaseModel):
+    """No entity in it: aliases count all the same, at every depth."""
+
+    grades: list[Grade] = pydantic.Field(serialization_alias="Grades")
+
+
+ALIASED_INPUTS = [ByValidationAlias, BySerializationAlias, ByNameOnly]
+
+
+def aliased_app() -> App:
+    app = App("aliased")
+
+    @app.register
+    def total(transcript: Transcript) -> int:
+        return sum(grade.score for grade in transcript.grades)
+
+    for model in ALIASED_INPUTS:
+
+        def enrol(enrolment: Any) -> Student:
+            enrolment.student.major = enrolment.course
+            return enrolment.student
+
+        enrol.__annotations__ = {"enrolment": model, "return": Student}
+        app.register(enrol, model.__name__)
+    return app
+
+
+@pytest.mark.parametrize("model", ALIASED_INPUTS, ids=lambda model: model.__name__)
+def test_a_model_input_with_aliases_arrives_as_given(
+    make_school: Callable[..., App], store: EntityRegistry, model: type[pydantic.BaseModel]
+) -> None:
+    """A plain model given as input travels in a form its class validates, whatever its
+    aliases say: it was dumped by field name or by serialization alias, and refused with
+    InvalidInput ("does not survive the broker's JSON") as a model it could never be."""
+    app = make_school(make=aliased_app)
+    stored = put_student(store)
+    given = model.model_construct(student=stored, course="physics")
+
+    new = app.execute(model.__name__, {"enrolment": given})
+
+    assert new.major == "physics" and new.parent_id == stored.ecs_id
+
+
+def test_a_model_input_without_entities_arrives_by_its_validation_aliases(
+    make_school: Callable[..., App],
+) -> None:
+    app = make_school(make=aliased_app)
+    given = Transcript.model_construct(grades=[Grade.model_construct(score=2)])
+
+    assert app.execute("total", {"transcript": given}) == 2
 
 
 def test_literal_entity_data_without_identity_is_new_data(app: App, store: EntityRegistry) -> None:
