@@ -6,6 +6,7 @@ looked up here, never imported from a module named by data in Redis.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -47,12 +48,36 @@ class Entity(BaseModel):
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
         if "graftq_type" not in cls.__dict__:
-            cls.graftq_type = f"{cls.__module__}.{cls.__qualname__}"
+            cls.graftq_type = _type_name(cls)
         # A redefinition (module reload, a class made in a function) replaces the old one.
         _ENTITY_TYPES[cls.graftq_type] = cls
 
 
 _ENTITY_TYPES[Entity.graftq_type] = Entity
+
+
+def _type_name(cls: type[Entity]) -> str:
+    """Module and qualified name; for a parametrized generic (`Holder[Leaf]`), its origin's
+    type name and its arguments' — pydantic gives such a class the module of whichever code
+    first writes it, which differs from one process to the next."""
+    generic = cls.__pydantic_generic_metadata__
+    origin = generic["origin"]
+    if origin is None:
+        return f"{cls.__module__}.{cls.__qualname__}"
+    args = ", ".join(_argument_name(arg) for arg in generic["args"])
+    return f"{typing.cast(type[Entity], origin).graftq_type}[{args}]"
+
+
+def _argument_name(arg: Any) -> str:
+    if isinstance(arg, type) and issubclass(arg, Entity):
+        return arg.graftq_type
+    if isinstance(arg, type):
+        return (
+            arg.__qualname__
+            if arg.__module__ == "builtins"
+            else f"{arg.__module__}.{arg.__qualname__}"
+        )
+    return repr(arg)  # list[int], Leaf | None, ...: typing's repr names modules
 
 
 def entity_class(type_name: str) -> type[Entity]:

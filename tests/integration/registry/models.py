@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import enum
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 from pydantic import Strict as StrictType
@@ -20,8 +20,8 @@ from tests.apps.school import Address, Counter, Student
 
 __all__ = [
     "Address", "Aliased", "Attachment", "Bag", "Binary", "Blob", "Box", "Computed", "Counter",
-    "Course", "Envelope", "Floor", "Leaf", "Letter", "Link", "Loose", "Mail", "Node", "Site",
-    "Strict", "StrictFields", "Student",
+    "Course", "Envelope", "Floor", "Holder", "Leaf", "Letter", "Link", "Loose", "Mail", "Node",
+    "Site", "Strict", "StrictFields", "Student",
 ]  # fmt: skip
 
 
@@ -42,6 +42,16 @@ class Course(Entity):
 
 class Leaf(Entity):
     value: int
+
+
+T = TypeVar("T")
+
+
+class Holder(Entity, Generic[T]):
+    """A generic entity: each parametrization (`Holder[Leaf]`) is a class of its own."""
+
+    item: T
+    items: list[T] = []
 
 
 class Bag(Entity):

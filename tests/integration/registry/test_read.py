@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import textwrap
 
 from graftq.registry.store import EntityRegistry
 from tests.apps.school import Address, Student
 from tests.entities import ids
+from tests.integration.registry.models import Holder, Leaf
 
 
 def stored_student(reg: EntityRegistry) -> Student:
@@ -148,3 +152,27 @@ def test_lineage_mermaid_of_a_single_version_has_no_edges(reg: EntityRegistry) -
     assert text.startswith("graph TD")
     assert v1.ecs_id.hex in text.replace("-", "")
     assert not re.search(r"-->", text)
+
+
+def test_a_generic_entity_reads_back_where_it_was_parametrized_elsewhere(
+    reg: EntityRegistry, redis_url: str
+) -> None:
+    """Pydantic gives `Holder[Leaf]` the module of the code that first writes it: here this
+    test module, in a worker or script another one. Its stored type name was taken from
+    that, so another process could not read it back (UnknownEntityType)."""
+    stored = reg.put(Holder[Leaf](item=Leaf(value=1), items=[Leaf(value=2)]))
+    reader = textwrap.dedent(f"""
+        import redis
+        from graftq.registry.store import EntityRegistry
+        from tests.integration.registry.models import Holder, Leaf
+        kind = Holder[Leaf]
+        reg = EntityRegistry(redis.Redis.from_url({redis_url!r}, decode_responses=True))
+        read = reg.get({str(stored.ecs_id)!r})
+        assert type(read) is kind, type(read)
+        print(read.items[0].value)
+    """)
+
+    run = subprocess.run([sys.executable, "-c", reader], capture_output=True, text=True)
+
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "2"
