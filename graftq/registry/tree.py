@@ -141,7 +141,33 @@ def own_data(entity: Entity, kid_paths: list[Path]) -> dict[str, Any]:
         )
     except UnicodeDecodeError:
         raise InvalidEntity(_not_utf8_message(entity)) from None
-    return data
+    return typing.cast(dict[str, Any], _sorted_sets(entity, data))
+
+
+def _sorted_sets(value: Any, dumped: Any) -> Any:
+    """`dumped`, the JSON form of `value`, with each set's list sorted by its items' JSON.
+
+    A set iterates in its hash table's order, which its values do not decide: a set that
+    shrank, or one of str in another process (str hashes are salted per process), lists
+    the same items otherwise, and an unchanged entity would look changed. The walk pairs
+    values with their JSON form and leaves alone whatever does not pair (a custom
+    serializer's own shape).
+    """
+    if isinstance(value, set | frozenset) and isinstance(dumped, list):
+        items = [_sorted_sets(v, d) for v, d in zip(value, dumped, strict=False)]
+        return sorted(items, key=pydantic_core.to_json) if len(items) == len(dumped) else dumped
+    if isinstance(value, list | tuple) and isinstance(dumped, list) and len(value) == len(dumped):
+        return [_sorted_sets(v, d) for v, d in zip(value, dumped, strict=True)]
+    if isinstance(value, dict) and isinstance(dumped, dict) and len(value) == len(dumped):
+        pairs = zip(value.values(), dumped.items(), strict=True)
+        return {key: _sorted_sets(v, d) for v, (key, d) in pairs}
+    if isinstance(value, BaseModel) and isinstance(dumped, dict):
+        names = set(_field_names(value))
+        return {
+            key: _sorted_sets(getattr(value, key), d) if key in names else d
+            for key, d in dumped.items()
+        }
+    return dumped
 
 
 def _not_utf8_message(entity: Entity) -> str:

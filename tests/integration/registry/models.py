@@ -21,7 +21,7 @@ from tests.apps.school import Address, Counter, Student
 __all__ = [
     "Address", "Aliased", "Attachment", "Bag", "Binary", "Blob", "Box", "Computed", "Counter",
     "Course", "Envelope", "Floor", "Holder", "Leaf", "Letter", "Link", "Loose", "Mail", "Node",
-    "Site", "Strict", "StrictFields", "Student",
+    "Numbers", "Site", "Strict", "StrictFields", "Student",
 ]  # fmt: skip
 
 
@@ -52,6 +52,13 @@ class Holder(Entity, Generic[T]):
 
     item: T
     items: list[T] = []
+
+
+class Numbers(Entity):
+    """Sets: their JSON form is a list, in an order no value of theirs decides."""
+
+    numbers: set[int]
+    labels: frozenset[str] = frozenset()
 
 
 class Bag(Entity):
