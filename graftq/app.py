@@ -133,16 +133,17 @@ class App:
     # -- callables -------------------------------------------------------------
 
     def execute(self, name: str, input_data: Mapping[str, Any]) -> Any:
-        """Run now in this process (isolated), commit, and return the typed result."""
-        from graftq.worker.connections import reachable
+        """Run now in this process (isolated), commit, and return the typed result.
 
+        The store's client raises `Unreachable` itself; nothing here wraps the call, so
+        that what the body raises (a TimeoutError, say) comes back as it is.
+        """
         call = Call(
             execution_id=str(uuid.uuid4()),
             worker=local_worker(),
             rerun_timeout=self.settings.rerun_timeout,
         )
-        with reachable(self.settings):
-            return run_call(self.entities, self.callable(name), input_data, call).value
+        return run_call(self.entities, self.callable(name), input_data, call).value
 
     async def aexecute(self, name: str, input_data: Mapping[str, Any]) -> Any:
         """`execute` without blocking the event loop."""

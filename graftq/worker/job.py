@@ -95,6 +95,9 @@ class Job:
         try:
             with reachable(self._settings):
                 payload = self._wait(timeout)
+            # The job's own exception is raised out here, from the result in hand: one the
+            # body raised (a TimeoutError, say) never reads as a server that did not answer.
+            self._result.maybe_throw()
         except celery_errors.TimeoutError:
             # Celery keeps a waited-on result alive until it resolves; let go of it
             # (a later get() registers it again) so nothing lingers past shutdown.
@@ -145,7 +148,8 @@ class Job:
         return input_digest(self._info, delivered(self._sent))
 
     def _wait(self, timeout: float | None) -> Any:
-        """Celery's result, waited for in pieces of one connection wait each.
+        """Celery's result, waited for in pieces of one connection wait each; a failed
+        job's exception is returned, not raised (`get` raises it).
 
         Celery's Redis backend waits on its subscription's socket: a server that stops
         answering mid-wait (stopped, or a network that drops packets) is never noticed
@@ -161,7 +165,7 @@ class Job:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 return self._result.get(
-                    timeout=piece if left is None else min(piece, left), propagate=True
+                    timeout=piece if left is None else min(piece, left), propagate=False
                 )
             except celery_errors.TimeoutError:
                 if deadline is not None and time.monotonic() >= deadline:

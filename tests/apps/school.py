@@ -128,6 +128,11 @@ def make_app(name: str = "school") -> App:
         raise Boom(message)
 
     @app.register
+    def upstream_timeout(message: str) -> int:
+        """Raises the builtin TimeoutError (as asyncio.wait_for does): the body's own error."""
+        raise TimeoutError(message)
+
+    @app.register
     def over_quota(n: int) -> int:
         raise QuotaError(f"quota of {n} exceeded", n)
 

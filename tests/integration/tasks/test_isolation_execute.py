@@ -218,6 +218,14 @@ def test_exception_with_its_own_init_keeps_its_type(app: App, name: str) -> None
     assert str(caught.value) == "quota of 3 exceeded"
 
 
+def test_a_timeout_error_of_the_body_is_not_an_unreachable_store(app: App) -> None:
+    with pytest.raises(TimeoutError) as caught:
+        app.execute("upstream_timeout", {"message": "the upstream API was slow"})
+
+    assert type(caught.value) is TimeoutError
+    assert str(caught.value) == "the upstream API was slow"
+
+
 def test_wrong_return_type_commits_nothing(
     app: App, store: EntityRegistry, redis_client: redis.Redis
 ) -> None:

@@ -123,6 +123,8 @@ def test_hanging_job_hits_its_time_limit_and_the_worker_keeps_serving(
         ("crash", {"how": "exit"}, graftq.IsolationError, "exited with status 3"),
         ("over_quota", {"n": 3}, QuotaError, "quota of 3 exceeded"),
         ("over_quota_inline", {"n": 4}, QuotaError, "quota of 4 exceeded"),
+        # the body's own TimeoutError, not a server that did not answer (`Unreachable`)
+        ("upstream_timeout", {"message": "API was slow"}, TimeoutError, "API was slow"),
     ],
 )
 def test_exception_types_round_trip(
