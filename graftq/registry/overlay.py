@@ -109,6 +109,10 @@ class OverlayClient:
         self.sets: dict[str, set[str]] = {}
         self.zsets: dict[str, dict[str, float]] = {}
 
+    def close(self) -> None:
+        """Close the connections of the overlay's own pool."""
+        self._base.connection_pool.disconnect()
+
     def mget(self, keys: list[str]) -> list[str | None]:
         missing = [key for key in keys if key not in self.strings]
         below = cast(list[str | None], self._base.mget(missing)) if missing else []

@@ -215,6 +215,23 @@ class EntityRegistry:
             f"lineages {sorted(request.lineages)}"
         )
 
+    def check(self, roots: Sequence[Entity], *, branch: bool = False) -> None:
+        """Raise what `commit(roots, branch=branch)` would refuse them with; write nothing.
+
+        The trees are committed to a private overlay that reads Redis (as an isolated
+        body's store does), which is then dropped.
+        """
+        request = commit.Request(trees=[walk(root) for root in roots], branch=branch)
+        private = OverlayClient(self._redis)
+        try:
+            for _ in range(self.max_retries):
+                outcome = commit.attempt(private, self.keys, request)
+                if not isinstance(outcome, commit.Retry):
+                    return
+                request = dataclasses.replace(request, lineages=outcome.lineages)
+        finally:
+            private.close()
+
     def record_failure(self, execution: Execution, *, replace: bool = False) -> None:
         """Record a failed execution, unless one is recorded already.
 

@@ -241,13 +241,28 @@ def prepare_many(
     resolutions = _resolve_many(store, givens)
     kwargs = [_at(i, lambda v: validate(info, v), r.value) for i, r in enumerate(resolutions)]
     if any(_has_entities(given) for given in givens):  # all entity objects in one transaction
-        givens = store_entities(store, givens)
+        givens = _store_batch_entities(store, givens)
         resolutions = _resolve_many(store, givens)
         kwargs = [_at(i, lambda v: validate(info, v), r.value) for i, r in enumerate(resolutions)]
     return [
         Prepared(info, given, resolution.pinned, args, resolution.read_by_head)
         for given, resolution, args in zip(givens, resolutions, kwargs, strict=True)
     ]
+
+
+def _store_batch_entities(
+    store: EntityRegistry, givens: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """`store_entities` for a batch; an entity object the store refuses (a value assigned
+    without validation, an id that is taken) is an error naming the input it came from."""
+    try:
+        return store_entities(store, givens)
+    except (InvalidEntity, pydantic.ValidationError):
+        for index, given in enumerate(givens):  # which input is it? ask without writing
+            roots = [leaf for _, leaf in containers.leaves(given) if _is_entity(leaf)]
+            if roots:
+                _at(index, lambda found: store.check(found, branch=True), roots)
+        raise  # refused only together (two inputs change one version two ways)
 
 
 def _resolve_many(

@@ -83,6 +83,18 @@ def test_entity_objects_of_a_batch_are_stored_first(
             pydantic.ValidationError,
             "input 3",
         ),
+        # entity objects the store refuses only as it stores them: a value assigned
+        # without validation, an ecs_id that is already a lineage id
+        (
+            lambda app: {"counter": Counter(value=2).model_copy(update={"value": "old"})},
+            pydantic.ValidationError,
+            "input 3",
+        ),
+        (
+            lambda app: {"counter": Counter(ecs_id=app.entities.put(Counter()).lineage_id)},
+            graftq.InvalidEntity,
+            "input 3",
+        ),
     ],
 )
 def test_a_bad_input_names_its_index_and_nothing_is_enqueued(
