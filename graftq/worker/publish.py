@@ -95,7 +95,14 @@ class Functions:
                 "(the same on producers and workers)"
             )
         info = describe(func, name=name or str(getattr(func, "__name__", "")), published=True)
-        payload = cloudpickle.dumps(_by_value(func))
+        try:
+            payload = cloudpickle.dumps(_by_value(func))
+        except Exception as exc:  # pickle raises TypeError, PicklingError, ... for what it refuses
+            raise RegistrationError(
+                f"cannot publish {info.name!r}: cloudpickle cannot serialize it with what it "
+                f"uses ({type(exc).__name__}: {exc}); a published function travels by value, "
+                "so it may not capture a lock, a connection or an App: make those inside it"
+            ) from exc
         version = hashlib.sha256(payload).hexdigest()[:16]
         record = {
             "payload": base64.b64encode(payload).decode(),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,23 @@ def test_publishing_without_a_signing_key_is_refused(client_app: Callable[..., A
         app.publish(make_shout(Path("/nonexistent/unpickled")))
 
     assert "shout" not in app.callables
+    assert app.functions.names() == []
+
+
+def test_publishing_a_function_that_captures_what_pickle_cannot_carry_is_refused_clearly(
+    client_app: Callable[..., App],
+) -> None:
+    app = client_app(new_queue(), signing_key="k1")
+    lock = threading.Lock()
+
+    def guarded(x: int) -> int:
+        with lock:
+            return x
+
+    with pytest.raises(graftq.RegistrationError, match=r"'guarded'.*cannot pickle '_thread.lock'"):
+        app.publish(guarded)
+
+    assert "guarded" not in app.callables
     assert app.functions.names() == []
 
 
