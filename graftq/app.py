@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from graftq.errors import UnknownCallable
+from graftq.errors import RegistrationError, UnknownCallable
 from graftq.registry.store import EntityRegistry
 from graftq.settings import Settings
 from graftq.tasks.callables import CallableInfo, CallableRegistry
@@ -275,7 +275,14 @@ class App:
         record_failed_job(self.entities, task, exc, job, replace=replace)
 
     def _run_published(self, request: Any, input_data: dict[str, Any], meta: dict[str, Any]) -> Any:
-        info = self.functions.load(meta["name"], meta.get("version"))
+        name = meta["name"]
+        own = self.callables.get(name)
+        if own is not None and not own.published:  # checked before anything is loaded
+            raise RegistrationError(
+                f"refusing published function {name!r}: {name!r} is registered in code "
+                "on this worker, and one name means one function; publish it under another name"
+            )
+        info = self.functions.load(name, meta.get("version"))
         return self._run_job(info, request, input_data)
 
 

@@ -147,6 +147,30 @@ def test_a_refused_published_function_leaves_a_failure_record(
         assert run.error is not None and run.error.startswith("SignatureError: ")
 
 
+def test_a_worker_refuses_a_published_function_named_like_a_callable_of_its_code(
+    redis_server: RedisServer,
+    broker_url: str,
+    make_school: Callable[..., App],
+    tmp_path: Path,
+) -> None:
+    node = Node("pub-taken", env={"GRAFTQ_SIGNING_KEY": "k1"})
+    with running(redis_server.url, broker_url, node):
+        # a producer whose code lacks the school's `bonus`, so its publish is not refused
+        app = make_school(node.queue, signing_key="k1", make=lambda: App("producer"))
+        ran = tmp_path / "ran"
+
+        def bonus(student_age: int, bonus_amount: float) -> float:
+            ran.write_text("ran")
+            return -1.0
+
+        app.publish(bonus)
+        job = app.submit("bonus", {"student_age": 2, "bonus_amount": 1.5})
+
+        with pytest.raises(graftq.RegistrationError, match="'bonus' is registered in code"):
+            job.get(timeout=30)
+        assert not ran.exists()
+
+
 def test_publishing_without_a_signing_key_is_refused(client_app: Callable[..., App]) -> None:
     app = client_app(new_queue())
 
