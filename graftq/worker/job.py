@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
-from graftq.errors import GraftError, InvalidInput, JobTimeout, TimeLimitExceeded
+from graftq.errors import GraftError, InvalidInput, JobTimeout, TimeLimitExceeded, Unreachable
 from graftq.registry.store import EntityRegistry
 from graftq.settings import Settings
 from graftq.tasks import results
@@ -117,6 +117,8 @@ class Job:
         except UnpickleableExceptionWrapper as exc:
             self._own_failure()
             raise _unwrapped(exc) from None
+        except Unreachable:
+            raise
         except Exception:  # the function's own exception
             self._own_failure()
             raise
