@@ -154,16 +154,14 @@ class App:
 
         `celery_options` go to `send_task` (countdown, queue, time_limit, task_id, ...).
         """
-        from graftq.worker.connections import reachable
         from graftq.worker.job import submit
 
-        with reachable(self.settings):
-            info = self.callable(name)
-            task, meta = self._task_of(info)
-            return submit(
-                self.celery, self._store, info, input_data, task=task, meta=meta,
-                options=self._options_of(info, celery_options), settings=self.settings,
-            )  # fmt: skip
+        info = self.callable(name)
+        task, meta = self._task_of(info)
+        return submit(
+            self.celery, self._store, info, input_data, task=task, meta=meta,
+            options=self._options_of(info, celery_options), settings=self.settings,
+        )  # fmt: skip
 
     async def asubmit(self, name: str, input_data: Mapping[str, Any], **celery_options: Any) -> Job:
         """`submit` without blocking the event loop."""
@@ -175,16 +173,14 @@ class App:
         """Submit a batch: every input is resolved and validated first (the references of
         the whole batch in one read), then all are enqueued in one go. A bad input raises
         an error naming its index, and nothing is enqueued."""
-        from graftq.worker.connections import reachable
         from graftq.worker.job import submit_many
 
-        with reachable(self.settings):
-            info = self.callable(name)
-            task, meta = self._task_of(info)
-            return submit_many(
-                self.celery, self._store, info, inputs, task=task, meta=meta,
-                options=self._options_of(info, celery_options), settings=self.settings,
-            )  # fmt: skip
+        info = self.callable(name)
+        task, meta = self._task_of(info)
+        return submit_many(
+            self.celery, self._store, info, inputs, task=task, meta=meta,
+            options=self._options_of(info, celery_options), settings=self.settings,
+        )  # fmt: skip
 
     async def asubmit_many(
         self, name: str, inputs: Sequence[Mapping[str, Any]], **celery_options: Any

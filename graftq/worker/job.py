@@ -233,7 +233,11 @@ def submit(
     kwargs = {META: dict(meta)} if meta else {}
     args = [prepared.given]
     shown = {"argsrepr": _shown(args), "kwargsrepr": _shown(kwargs)}
-    result = celery_app.send_task(task, args=args, kwargs=kwargs, **shown, **dict(options or {}))
+    with reachable(settings):  # the broker's; the store's client says so itself, and what
+        # the input's own validators raise (a TimeoutError, say) stays what it is
+        result = celery_app.send_task(
+            task, args=args, kwargs=kwargs, **shown, **dict(options or {})
+        )
     return Job(result, info, store, settings, sent=prepared.given)
 
 
@@ -258,6 +262,7 @@ def submit_many(
     kwargs = {META: dict(meta)} if meta else {}
     events = _SentEvents(celery_app)
     with (
+        reachable(settings),  # the broker's, as in `submit`
         _waits_subscribe(celery_app.backend),
         celery_app.producer_or_acquire() as producer,
         _declares_once(producer),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import pydantic
 import pytest
@@ -51,4 +51,23 @@ def test_submit_errors_enqueue_nothing(app: App, queue: str, broker: redis.Redis
 def test_unknown_callable_enqueues_nothing(app: App, queue: str, broker: redis.Redis) -> None:
     with pytest.raises(graftq.UnknownCallable):
         app.submit("no_such_callable", {})
+    assert broker.llen(queue) == 0
+
+
+def looked_up(code: str) -> str:
+    """A validator whose own lookup times out."""
+    raise TimeoutError("the upstream lookup timed out")
+
+
+def test_a_validators_timeout_error_is_its_own_not_an_unreachable_server(
+    app: App, queue: str, broker: redis.Redis
+) -> None:
+    @app.register
+    def lookup(code: Annotated[str, pydantic.AfterValidator(looked_up)]) -> int:
+        return len(code)
+
+    for submit in (app.submit, app.submit_many):
+        with pytest.raises(TimeoutError, match="upstream lookup") as caught:
+            submit("lookup", {"code": "x"} if submit == app.submit else [{"code": "x"}])
+        assert not isinstance(caught.value, graftq.Unreachable)
     assert broker.llen(queue) == 0
