@@ -247,6 +247,7 @@ def _step(value: Any, segment: str, context: str) -> Any:
         return value[segment]
     if isinstance(value, list | tuple):
         digits = segment.isascii() and segment.isdigit() and len(segment) < 19  # "²".isdigit()
+        digits = digits and (segment == "0" or not segment.startswith("0"))  # one spelling
         if not digits or int(segment) >= len(value):
             valid = f"valid: 0..{len(value) - 1}" if value else "it is empty"
             raise InvalidReference(

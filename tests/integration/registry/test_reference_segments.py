@@ -1,4 +1,5 @@
-"""Index segments are ASCII digits only (issue 10 item 3: "²".isdigit() is true)."""
+"""Index segments are ASCII digits only, written one way (issue 10 item 3: "²".isdigit() is
+true; "01" would be a second spelling of "1", a second memo key of one input)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from graftq.registry.store import EntityRegistry
 from tests.apps.school import Student
 
 
-@pytest.mark.parametrize("segment", ["²", "٣", "-1", "0x1", " 1", "1_0", "9" * 5000])
+@pytest.mark.parametrize("segment", ["²", "٣", "-1", "0x1", " 1", "1_0", "9" * 5000, "01", "00"])
 def test_a_non_ascii_digit_index_is_an_invalid_reference(reg: EntityRegistry, segment: str) -> None:
     ada = reg.put(Student(name="Ada", age=20, tags=["a", "b", "c", "d"]))
     with pytest.raises(InvalidReference, match="is not an index"):
