@@ -257,12 +257,24 @@ def _store_batch_entities(
     without validation, an id that is taken) is an error naming the input it came from."""
     try:
         return store_entities(store, givens)
-    except (InvalidEntity, pydantic.ValidationError):
+    except (InvalidEntity, pydantic.ValidationError) as exc:
+        held: dict[str, set[int]] = {}  # ecs_id → the inputs holding an entity object of it
         for index, given in enumerate(givens):  # which input is it? ask without writing
             roots = [leaf for _, leaf in containers.leaves(given) if _is_entity(leaf)]
             if roots:
                 _at(index, lambda found: store.check(found, branch=True), roots)
-        raise  # refused only together (two inputs change one version two ways)
+            for node in (n for root in roots for n in tree.nodes(tree.walk(root))):
+                held.setdefault(str(node.entity.ecs_id), set()).add(index)
+        # refused only together: two inputs change one version two ways
+        named = {i for ecs_id, inputs in held.items() if ecs_id in str(exc) for i in inputs}
+        if isinstance(exc, InvalidEntity) and len(named) > 1:
+            *first, last = sorted(named)
+            raise InvalidEntity(
+                f"inputs {', '.join(map(str, first))} and {last} of the batch: {exc} "
+                "(a batch stores its entity objects in one transaction; submit them apart, "
+                "and each is forked from that version)"
+            ) from None
+        raise
 
 
 def _resolve_many(

@@ -119,6 +119,24 @@ def test_a_bad_input_names_its_index_and_nothing_is_enqueued(
     assert sorted(redis_client.keys()) == keys  # the Counter objects were not stored either
 
 
+def test_two_inputs_changing_one_version_two_ways_are_named(
+    client_app: Callable[..., App], queue: str, broker_url: str
+) -> None:
+    """Entity objects of a batch are stored in one transaction, which cannot fork one
+    version two ways: the error names both inputs (separate submits fork each)."""
+    app = client_app(queue)
+    [stored] = counters(app, 1)
+    inputs = [
+        {"counter": stored.model_copy(update={"value": 10})},
+        {"counter": Counter(value=1)},
+        {"counter": stored.model_copy(update={"value": 20})},
+    ]
+
+    with pytest.raises(graftq.InvalidEntity, match=r"inputs 0 and 2 of the batch"):
+        app.submit_many("increment", inputs)
+    assert queued(broker_url, queue) == 0
+
+
 def test_a_task_id_for_a_batch_is_refused(client_app: Callable[..., App], queue: str) -> None:
     app = client_app(queue)
 
