@@ -16,13 +16,20 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from examples.webapp.jobs import Student, app
-from graftq import EntityNotFound, JobTimeout, UnknownCallable
+from graftq import EntityNotFound, JobTimeout, UnknownCallable, Unreachable
 
 api = FastAPI(title="graftq example")
+
+
+@api.exception_handler(Unreachable)
+async def unreachable(request: Request, exc: Unreachable) -> JSONResponse:
+    """Redis or the broker is down: a 503 naming it, not a 500 and a traceback."""
+    return JSONResponse({"detail": str(exc)}, status_code=503)
 
 
 class NewStudent(BaseModel):
@@ -39,6 +46,8 @@ def create_student(body: NewStudent) -> dict[str, Any]:
 @api.post("/students/{lineage_id}/{name}", status_code=202)
 async def submit(lineage_id: str, name: str, extra: dict[str, Any] | None = None) -> dict[str, str]:
     """Submit `name` on the student's head ("@<lineage_id>"); errors come back as 4xx here."""
+    if extra and "student" in extra:  # else the body would run the job on another student
+        raise HTTPException(422, "the student is the one in the URL; leave 'student' out")
     try:
         job = await app.asubmit(name, {"student": f"@{lineage_id}", **(extra or {})})
     except UnknownCallable as exc:
@@ -51,7 +60,10 @@ async def submit(lineage_id: str, name: str, extra: dict[str, Any] | None = None
 @api.get("/jobs/{name}/{job_id}")
 async def job_state(name: str, job_id: str, wait: float = 0.0) -> dict[str, Any]:
     """The job's state; once done, the committed version and its provenance."""
-    job = app.job(job_id, name)
+    try:
+        job = app.job(job_id, name)
+    except UnknownCallable as exc:
+        raise HTTPException(404, str(exc)) from None
     if wait > 0:
         # Not done in time (JobTimeout), or the function failed: the record below says which.
         with contextlib.suppress(JobTimeout, Exception):
@@ -59,6 +71,8 @@ async def job_state(name: str, job_id: str, wait: float = 0.0) -> dict[str, Any]
     execution = app.entities.execution(job_id)
     if execution is None:
         return {"job_id": job_id, "status": job.status}
+    if execution.callable != name:  # a poll URL names the job's callable: never another's
+        raise HTTPException(404, f"job {job_id} is a {execution.callable} job, not {name}")
     answer: dict[str, Any] = {
         "job_id": job_id,
         "status": execution.status.value,

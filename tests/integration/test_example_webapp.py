@@ -36,14 +36,13 @@ def env(redis_server: RedisServer, redis_url: str) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def web(env: dict[str, str]) -> Iterator[str]:
-    """uvicorn serving examples.webapp.main:api next to a worker; its base URL."""
+@contextlib.contextmanager
+def uvicorn(env: dict[str, str]) -> Iterator[str]:
+    """uvicorn serving examples.webapp.main:api with `env`; its base URL."""
     port = free_port()
-    worker = WorkerProcess(JOBS, env["GRAFTQ_REDIS_URL"], env=env)
     args = [sys.executable, "-m", "uvicorn", "examples.webapp.main:api",
             "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    with tempfile.TemporaryFile() as log, worker:
+    with tempfile.TemporaryFile() as log:
         server = subprocess.Popen(
             args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -62,7 +61,17 @@ def web(env: dict[str, str]) -> Iterator[str]:
             stop_session(server)
             log.seek(0)
             print(f"--- uvicorn ---\n{log.read().decode(errors='replace')[-3000:]}")
-            print(f"--- worker ---\n{worker.log()[-3000:]}")
+
+
+@pytest.fixture
+def web(env: dict[str, str]) -> Iterator[str]:
+    """uvicorn serving examples.webapp.main:api next to a worker; its base URL."""
+    worker = WorkerProcess(JOBS, env["GRAFTQ_REDIS_URL"], env=env)
+    try:
+        with worker, uvicorn(env) as url:
+            yield url
+    finally:
+        print(f"--- worker ---\n{worker.log()[-3000:]}")
 
 
 def test_submit_over_http_then_await_the_committed_version_and_its_provenance(web: str) -> None:
@@ -102,3 +111,44 @@ def test_bad_submissions_are_refused_before_anything_is_enqueued(web: str) -> No
         assert missing.status_code == 422 and "0b3e9a57" in missing.text
         polled = client.get("/jobs/birthday/0b3e9a57-1c2d-4e5f-8a9b-0c1d2e3f4a5b").json()
         assert polled["status"] == "PENDING"  # Celery's word for a job it does not know
+
+
+def test_polling_a_job_of_an_unknown_callable_is_a_404_naming_it(web: str) -> None:
+    with httpx.Client(base_url=web, timeout=30) as client:
+        polled = client.get("/jobs/nope/0b3e9a57-1c2d-4e5f-8a9b-0c1d2e3f4a5b")
+    assert polled.status_code == 404, polled.text
+    assert "no callable named 'nope'" in polled.json()["detail"]
+
+
+def test_polling_a_job_under_another_callable_is_a_404_naming_the_right_one(web: str) -> None:
+    with httpx.Client(base_url=web, timeout=30) as client:
+        ada = client.post("/students", json={"name": "Ada", "age": 20}).json()
+        job = client.post(f"/students/{ada['lineage_id']}/birthday").json()
+        assert client.get(job["poll"], params={"wait": 20}).json()["status"] == "SUCCESS"
+        wrong = client.get(f"/jobs/move/{job['job_id']}")
+    assert wrong.status_code == 404, wrong.text
+    assert job["job_id"] in wrong.json()["detail"] and "birthday" in wrong.json()["detail"]
+
+
+def test_a_student_in_the_body_cannot_replace_the_one_the_url_names(web: str) -> None:
+    with httpx.Client(base_url=web, timeout=30) as client:
+        ada = client.post("/students", json={"name": "Ada", "age": 20}).json()
+        bob = client.post("/students", json={"name": "Bob", "age": 30}).json()
+        answer = client.post(
+            f"/students/{ada['lineage_id']}/move",
+            json={"student": f"@{bob['lineage_id']}", "city": "Rome"},
+        )
+    assert answer.status_code == 422, answer.text
+    assert "student" in answer.json()["detail"]
+
+
+def test_an_unreachable_redis_is_a_503_with_a_json_message(env: dict[str, str]) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    down = {**env, "GRAFTQ_REDIS_URL": dead, "GRAFTQ_BROKER_URL": dead,
+            "GRAFTQ_RESULT_BACKEND": dead, "GRAFTQ_CONNECT_TIMEOUT": "1"}  # fmt: skip
+    with uvicorn(down) as web, httpx.Client(base_url=web, timeout=30) as client:
+        created = client.post("/students", json={"name": "Ada", "age": 20})
+        polled = client.get("/jobs/birthday/0b3e9a57-1c2d-4e5f-8a9b-0c1d2e3f4a5b")
+    for answer in (created, polled):
+        assert answer.status_code == 503, answer.text
+        assert dead in answer.json()["detail"]
