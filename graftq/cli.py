@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sys
+import typing
 from datetime import timedelta
 from typing import Any
 
@@ -296,9 +297,8 @@ def functions(app_path: str) -> None:
             table.add_row(name, "published", app.functions.latest(name), "fork", "?", "?")
             continue
         params = ", ".join(info.input_schema().get("properties", {}))
-        output = json.dumps(info.output_schema())[:40]
         kind = "published" if info.published else "code"
-        table.add_row(name, kind, info.version, info.isolation, params, output)
+        table.add_row(name, kind, info.version, info.isolation, params, _type_name(info.func))
     console.print(table)
 
 
@@ -357,6 +357,18 @@ def demo() -> None:
     from graftq import demo as example  # the demo's models register only when asked for
 
     example.run(console)
+
+
+def _type_name(func: Any) -> str:
+    """The return annotation as written, without module paths: `tuple[Student, int]`.
+
+    (A JSON Schema cut to a column's width said nothing: `{"$defs": {"Address": ...`.)
+    """
+    returns = typing.get_type_hints(func)["return"]
+    if returns is type(None):
+        return "None"
+    text = returns.__name__ if isinstance(returns, type) else repr(returns)
+    return re.sub(r"\b(?:\w+\.)+(\w+)", r"\1", text)
 
 
 def _print_value(value: Any) -> None:

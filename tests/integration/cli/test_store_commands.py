@@ -155,6 +155,20 @@ def test_functions_lists_the_registered_callables(cli: CLI, school: App) -> None
     assert "code" in bonus
 
 
+def test_functions_shows_each_output_type_by_name(cli: CLI, school: App) -> None:
+    proc = cli("functions", "--app", SCHOOL, wide=True)
+    assert proc.returncode == 0, output(proc)
+    rows = {
+        cells[1].strip(): cells[-2].strip()
+        for line in proc.stdout.splitlines()
+        if len(cells := line.split("│")) > 2
+    }
+    assert rows["birthday"] == "Student"
+    assert rows["bonus"] == "float"
+    assert rows["pair"] == "tuple[Student, GraduateStudent]"
+    assert rows["countdown"] == "Any"
+
+
 def test_functions_piped_output_keeps_full_names(cli: CLI, school: App) -> None:
     proc = cli("functions", "--app", SCHOOL)
     assert proc.returncode == 0
