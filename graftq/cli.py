@@ -193,12 +193,25 @@ def show(app_path: str | None, uuid: str) -> None:
         console.print(f"produced by [bold]{execution.callable}[/] in execution {execution.id}")
 
 
+def lineage_of(store: EntityRegistry, uuid: str) -> str:
+    """`uuid` if it is a lineage id (or unknown); the lineage of a version id."""
+    found = store.classify([uuid]).get(str(as_uuid(uuid)))
+    if found is None or not found[1]:
+        return uuid
+    [data] = store.get_data([found[0]])
+    return str(data["lineage_id"])
+
+
 @main.command()
 @STORE_APP_OPTION
-@click.argument("lineage_id")
-def history(app_path: str | None, lineage_id: str) -> None:
-    """Every version of a lineage (branches included), oldest first."""
+@click.argument("uuid")
+def history(app_path: str | None, uuid: str) -> None:
+    """Every version of a lineage (branches included), oldest first.
+
+    UUID is the lineage id or the id of any of its versions.
+    """
     store = open_store(app_path)
+    lineage_id = lineage_of(store, uuid)
     table = Table("ecs_id", "parent_id", "created_at", "derived_from", "fields")
     for version in store.get_data(store.version_ids(lineage_id)):
         shown = IDENTITY_FIELDS | {"type"}
@@ -215,11 +228,15 @@ def history(app_path: str | None, lineage_id: str) -> None:
 
 @main.command()
 @STORE_APP_OPTION
-@click.argument("lineage_id")
+@click.argument("uuid")
 @click.option("--mermaid", is_flag=True, help="Print a Mermaid graph instead of a list.")
-def lineage(app_path: str | None, lineage_id: str, mermaid: bool) -> None:
-    """The version graph of a lineage, branches included."""
+def lineage(app_path: str | None, uuid: str, mermaid: bool) -> None:
+    """The version graph of a lineage, branches included.
+
+    UUID is the lineage id or the id of any of its versions.
+    """
     store = open_store(app_path)
+    lineage_id = lineage_of(store, uuid)
     if mermaid:
         click.echo(store.lineage_mermaid(lineage_id))
         return

@@ -100,6 +100,16 @@ def test_history_accepts_only_a_lineage(cli: CLI, ada: Ada) -> None:
     assert UNKNOWN in " ".join(output(proc).split())
 
 
+@pytest.mark.parametrize("command", [["history"], ["lineage"], ["lineage", "--mermaid"]])
+def test_history_and_lineage_of_a_version_id_show_its_lineage(
+    cli: CLI, ada: Ada, command: list[str]
+) -> None:
+    by_lineage = cli(command[0], ada.lineage_id, *command[1:], "--app", SCHOOL, wide=True)
+    by_version = cli(command[0], ada.versions[0], *command[1:], "--app", SCHOOL, wide=True)
+    assert by_version.returncode == 0, output(by_version)
+    assert by_version.stdout == by_lineage.stdout
+
+
 def test_history_piped_output_keeps_full_version_ids(cli: CLI, ada: Ada) -> None:
     proc = cli("history", ada.lineage_id, "--app", SCHOOL)
     assert proc.returncode == 0
