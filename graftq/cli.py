@@ -142,7 +142,7 @@ def submit(app_path: str, name: str, input_json: str, wait: bool, timeout: float
         raise click.BadParameter(f"--input is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise click.BadParameter(
-            f"--input must be a JSON object of parameter → value, got {type(data).__name__}"
+            f"--input must be a JSON object of parameter → value, got {_json_kind(data)}"
         )
     job = app.submit(name, data)
     console.print(f"job [bold]{job.id}[/] submitted ({name})")
@@ -374,6 +374,17 @@ def demo() -> None:
     from graftq import demo as example  # the demo's models register only when asked for
 
     example.run(console)
+
+
+def _json_kind(value: Any) -> str:
+    """What JSON calls the kind of a parsed value (the user wrote JSON, not Python)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "a string" if isinstance(value, str) else "an array"
 
 
 def _type_name(func: Any) -> str:

@@ -105,3 +105,12 @@ def test_input_json_that_is_not_an_object_is_a_usage_error(
     assert_no_traceback(proc)
     assert proc.returncode == 2, output(proc)
     assert broker_state(broker) == before
+
+
+@pytest.mark.parametrize(
+    ("bad", "kind"), [("null", "null"), ("[1]", "an array"), ('"x"', "a string"), ("1", "a number")]
+)
+def test_input_that_is_not_an_object_names_its_json_kind(submit: CLI, bad: str, kind: str) -> None:
+    proc = submit("birthday", "--input", bad)
+    assert proc.returncode == 2, output(proc)
+    assert f"got {kind}" in " ".join(proc.stderr.split()), proc.stderr
