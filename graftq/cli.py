@@ -132,9 +132,16 @@ def worker(
 @click.argument("name")
 @click.option("--input", "input_json", required=True, help="The input as a JSON object.")
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
-@click.option("--timeout", type=float, default=None, help="Seconds to wait with --wait.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds to wait with --wait (default: until the job ends).",
+)
 def submit(app_path: str, name: str, input_json: str, wait: bool, timeout: float | None) -> None:
     """Submit a job: references are resolved and validated before anything is enqueued."""
+    if timeout is not None and not wait:
+        raise click.UsageError("--timeout only applies with --wait")
     app = load_app(app_path)
     try:
         data = json.loads(input_json)

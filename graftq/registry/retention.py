@@ -102,10 +102,15 @@ class PruneReport:
     def __str__(self) -> str:
         verb = "would remove" if self.dry_run else "removed"
         return (
-            f"{verb} {self.versions} versions ({self.history_entries} history entries) "
-            f"from {self.lineages} lineages and {self.executions} execution records, "
-            f"{self.bytes} bytes"
+            f"{verb} {_count(self.versions, 'version')} "
+            f"({_count(self.history_entries, 'history entry', 'history entries')}) "
+            f"from {_count(self.lineages, 'lineage')} and "
+            f"{_count(self.executions, 'execution record')}, {_count(self.bytes, 'byte')}"
         )
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 @dataclass

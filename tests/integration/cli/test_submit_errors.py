@@ -114,3 +114,20 @@ def test_input_that_is_not_an_object_names_its_json_kind(submit: CLI, bad: str, 
     proc = submit("birthday", "--input", bad)
     assert proc.returncode == 2, output(proc)
     assert f"got {kind}" in " ".join(proc.stderr.split()), proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--wait", "--timeout", "-1"], "--timeout"),
+        (["--wait", "--timeout", "0"], "--timeout"),
+        (["--timeout", "5"], "--timeout only applies with --wait"),
+    ],
+)
+def test_a_timeout_that_cannot_apply_is_a_usage_error(
+    submit: CLI, args: list[str], said: str
+) -> None:
+    proc = submit("bonus", "--input", '{"student_age": 2, "bonus_amount": 1}', *args)
+    assert proc.returncode == 2, output(proc)
+    assert said in proc.stderr
+    assert_no_traceback(proc)
