@@ -102,8 +102,14 @@ def worker(
     loglevel: str,
 ) -> None:
     """Start a Celery prefork worker; extra arguments go to `celery worker`."""
-    if any(arg.startswith(("-P", "--pool")) for arg in ctx.args):
+    if any(arg == "--pool" or arg.startswith(("-P", "--pool=")) for arg in ctx.args):
         raise click.UsageError("graftq workers always use the prefork pool; drop -P/--pool")
+    if _start_method(ctx.args) not in (None, "fork"):
+        # A spawned pool process is a fresh interpreter: it never sees the App this
+        # command loaded (nor does it fork its zygote from it), so no task is registered.
+        raise click.UsageError(
+            "graftq workers fork their pool processes; drop --pool-start-method or give 'fork'"
+        )
     app = load_app(app_path)
     try:
         unbounded = unlimited(app.callables.values(), app.settings.visibility_timeout)
@@ -125,6 +131,17 @@ def worker(
         argv.append(f"--hostname={hostname}")
     os.environ[APP_VARIABLE] = app_path  # pool processes start their zygote on it
     app.celery.worker_main([*argv, *ctx.args])
+
+
+def _start_method(args: list[str]) -> str | None:
+    """The value of Celery's ``--pool-start-method`` among `args`, if given."""
+    option = "--pool-start-method"
+    for at, arg in enumerate(args):
+        if arg.startswith(option + "="):
+            return arg.removeprefix(option + "=")
+        if arg == option:
+            return args[at + 1] if at + 1 < len(args) else ""
+    return None
 
 
 @main.command()

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import graftq
 from graftq.cli import main
-from graftq.devserver import free_port
+from graftq.devserver import WorkerProcess, free_port
 from tests.integration.cli.conftest import (
     SCHOOL,
     assert_no_traceback,
@@ -108,3 +108,24 @@ def test_worker_refuses_other_pools() -> None:
     )
     assert proc.returncode == 2, output(proc)
     assert "prefork" in proc.stderr
+
+
+def test_worker_refuses_the_spawn_start_method_and_says_so() -> None:
+    """Spawned pool processes never see the App (it lives in the worker's memory, and
+    its zygotes fork): every job would fail with NotRegistered."""
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"
+    for given in (["--pool-start-method", "spawn"], ["--pool-start-method=spawn"]):
+        proc = run_cli(
+            "worker", "--app", SCHOOL, *given, env=clean_env(GRAFTQ_REDIS_URL=nowhere), timeout=60
+        )
+        assert proc.returncode == 2, output(proc)
+        assert "--pool-start-method" in proc.stderr and "fork" in proc.stderr, proc.stderr
+        assert "drop -P/--pool" not in proc.stderr
+
+
+def test_worker_takes_the_fork_start_method(redis_url: str, broker_url: str) -> None:
+    """`--pool-start-method fork` is Celery's prefork default spelled out: not another pool."""
+    env = {"GRAFTQ_BROKER_URL": broker_url}
+    extra = ["--pool-start-method", "fork"]
+    with WorkerProcess(SCHOOL, redis_url, concurrency=1, env=env, extra=extra) as worker:
+        assert " ready." in worker.log()
