@@ -12,6 +12,9 @@ When the job ends, the logger ``graftq.job`` writes one INFO line::
 
     birthday[<execution id>] SUCCESS outputs=<ecs_id>,<ecs_id> attempts=1 duration=0.021s
     fail[<execution id>] FAILURE error="ValueError: boom" outputs=- attempts=1 duration=0.018s
+
+and ``INTERRUPTED`` instead of ``FAILURE`` when the pool process itself is being ended
+(``revoke(terminate=True)``, a cold shutdown): that job did not fail.
 """
 
 from __future__ import annotations
@@ -84,6 +87,12 @@ def job(
     summary = Summary()
     try:
         yield summary
+    except (SystemExit, KeyboardInterrupt) as exc:
+        # The process is being ended (revoke with terminate, a cold shutdown): the job
+        # did not fail; Celery reports it REVOKED or delivers it again.
+        error = f"{type(exc).__name__}: {exc}"
+        _summarize(callable_name, execution_id, "INTERRUPTED", None, started, error)
+        raise
     except BaseException as exc:
         execution = _quietly(recorded)
         error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]

@@ -5,13 +5,16 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from graftq import App, Entity
+from graftq.devserver import RedisServer
 from tests.apps.school import Student
-from tests.integration.worker.conftest import Node
+from tests.integration.worker.conftest import Node, running
 from tests.integration.worker.helpers import wait_until
+from tests.processes import lives, read_proc
 
 pytestmark = pytest.mark.integration
 
@@ -79,3 +82,27 @@ def test_every_line_a_job_logs_names_its_callable_and_execution_id(
         assert re.search(rf"chatty\[{job.id}\]", line), line
     assert any("received" in line for line in lines)
     assert re.fullmatch(UUID, job.id)
+
+
+def test_a_job_whose_process_was_ended_is_not_logged_as_failed(
+    redis_server: RedisServer, broker_url: str, client_app: Callable[..., App], tmp_path: Path
+) -> None:
+    """`revoke(terminate=True)` ends the pool process running the job (a cold shutdown
+    does the same): Celery reports the job REVOKED (or delivers it again), never FAILURE."""
+    node = Node("terminated", concurrency=1)
+    gate, pid_file = tmp_path / "gate", tmp_path / "held.pid"
+    with running(redis_server.url, broker_url, node):
+        app = client_app(node.queue)
+        job = app.submit("held", {"gate": str(gate), "pid_file": str(pid_file)})
+        try:
+            body = read_proc(pid_file)
+            app.celery.control.revoke(job.id, terminate=True)
+            wait_until(lambda: not lives(body), 30, "the held body ended with its pool process")
+        finally:
+            gate.touch()
+        wait_until(lambda: job.status == "REVOKED", 30, "the job is REVOKED")
+        line = f"held[{job.id}] INTERRUPTED"
+        wait_until(lambda: line in node.proc.log(), 30, "the job's summary line")
+        assert f"[{job.id}] FAILURE" not in node.proc.log()
+        assert app.entities.execution(job.id) is None
+        assert app.submit("bonus", {"student_age": 2, "bonus_amount": 1.5}).get(timeout=30) == 3.0
