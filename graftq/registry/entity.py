@@ -106,13 +106,19 @@ def register(cls: type[Entity]) -> None:
 
 def entity_classes(schema: Any) -> Iterator[type[Entity]]:
     """Every Entity class a pydantic core schema names, at any depth."""
+    for item in schema_nodes(schema):
+        cls = item.get("cls")
+        if isinstance(cls, type) and issubclass(cls, Entity):
+            yield cls
+
+
+def schema_nodes(schema: Any) -> Iterator[dict[str, Any]]:
+    """Every dict of a pydantic core schema, at any depth (definitions included)."""
     todo = [schema]
     while todo:
         item = todo.pop()
         if isinstance(item, dict):
-            cls = item.get("cls")
-            if isinstance(cls, type) and issubclass(cls, Entity):
-                yield cls
+            yield item
             todo.extend(item.values())
         elif isinstance(item, list | tuple):
             todo.extend(item)

@@ -200,20 +200,10 @@ class EntityRegistry:
             memo_key=memo_key,
             also=also,
         )
-        for _ in range(self.max_retries):
-            outcome = commit.attempt(self._client, self.keys, request)
-            if isinstance(outcome, commit.Retry):
-                request = dataclasses.replace(request, lineages=outcome.lineages)
-                continue
-            if overlay.isolated():  # what a body stored: see `overlay.restamped`
-                overlay.made((new.ecs_id, new.parent_id) for new in outcome.plan.new)
-            return Committed(
-                outcome.entities, outcome.execution, outcome.branched, outcome.replayed
-            )
-        raise VersionConflict(
-            f"gave up after {self.max_retries} attempts: concurrent writers kept changing "
-            f"lineages {sorted(request.lineages)}"
-        )
+        outcome = _attempted(self._client, self.keys, request, self.max_retries)
+        if overlay.isolated():  # what a body stored: see `overlay.restamped`
+            overlay.made((new.ecs_id, new.parent_id) for new in outcome.plan.new)
+        return Committed(outcome.entities, outcome.execution, outcome.branched, outcome.replayed)
 
     def check(self, roots: Sequence[Entity], *, branch: bool = False) -> None:
         """Raise what `commit(roots, branch=branch)` would refuse them with; write nothing.
@@ -224,11 +214,7 @@ class EntityRegistry:
         request = commit.Request(trees=[walk(root) for root in roots], branch=branch)
         private = OverlayClient(self._redis)
         try:
-            for _ in range(self.max_retries):
-                outcome = commit.attempt(private, self.keys, request)
-                if not isinstance(outcome, commit.Retry):
-                    return
-                request = dataclasses.replace(request, lineages=outcome.lineages)
+            _attempted(private, self.keys, request, self.max_retries)
         finally:
             private.close()
 
@@ -482,6 +468,20 @@ class EntityRegistry:
         except Exception:  # pragma: no cover - the hint is best effort
             pass
         return f"no entity {kind} {uid} in the store{hint}"
+
+
+def _attempted(client: Any, keys: Keys, request: commit.Request, tries: int) -> commit.Outcome:
+    """`commit.attempt` on `client` until no watched key changed under it, at most `tries`
+    times; then `VersionConflict`."""
+    for _ in range(tries):
+        outcome = commit.attempt(client, keys, request)
+        if not isinstance(outcome, commit.Retry):
+            return outcome
+        request = dataclasses.replace(request, lineages=outcome.lineages)
+    raise VersionConflict(
+        f"gave up after {tries} attempts: concurrent writers kept changing "
+        f"lineages {sorted(request.lineages)}"
+    )
 
 
 def _mermaid_id(ecs_id: str) -> str:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from graftq.errors import CorruptVersion, InvalidEntity
 from graftq.registry import containers
 from graftq.registry.containers import dotted
-from graftq.registry.entity import IDENTITY_FIELDS, Entity, entity_class
+from graftq.registry.entity import IDENTITY_FIELDS, Entity, entity_class, schema_nodes
 
 T = TypeVar("T")
 PathPart = str | int
@@ -153,16 +153,8 @@ def _may_hold_sets(cls: type[BaseModel]) -> bool:
     value of any type (an `Any` field, extra fields)."""
     if cls.model_config.get("extra") == "allow":
         return True
-    todo: list[Any] = [cls.__pydantic_core_schema__]
-    while todo:
-        item = todo.pop()
-        if isinstance(item, dict):
-            if item.get("type") in ("set", "frozenset", "any"):
-                return True
-            todo.extend(item.values())
-        elif isinstance(item, list | tuple):
-            todo.extend(item)
-    return False
+    kinds = ("set", "frozenset", "any")
+    return any(node.get("type") in kinds for node in schema_nodes(cls.__pydantic_core_schema__))
 
 
 def _sorted_sets(value: Any, dumped: Any) -> Any:

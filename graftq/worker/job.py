@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from graftq.errors import GraftError, InvalidInput, JobTimeout, TimeLimitExceeded, Unreachable
+from graftq.registry.execution import Execution
 from graftq.registry.store import EntityRegistry
 from graftq.settings import Settings
 from graftq.tasks import results
@@ -107,39 +108,38 @@ class Job:
                 f"status {self.status}"
             ) from None
         except celery_errors.TimeLimitExceeded as exc:
-            self._own_failure()
+            self._own(self.id)
             raise TimeLimitExceeded(
                 f"job {self.id} ({self._info.name}) hit Celery's time limit: {exc}"
             ) from None
         except InvalidInput as exc:
-            self._own_failure()
+            self._own(self.id)
             raise _validation_error(exc) from None
         except UnpickleableExceptionWrapper as exc:
-            self._own_failure()
+            self._own(self.id)
             raise _unwrapped(exc) from None
         except Unreachable:
             raise
         except Exception:  # the function's own exception
-            self._own_failure()
+            self._own(self.id)
             raise
+        execution = self._own(payload["execution_id"])
+        if execution is None:
+            raise GraftError(
+                f"job {self.id} ({self._info.name}) succeeded but its execution record "
+                f"{payload['execution_id']} is missing from the store"
+            )
         with reachable(self._settings):
-            store = self._store()
-            execution = store.execution(payload["execution_id"])
-            if execution is None:
-                raise GraftError(
-                    f"job {self.id} ({self._info.name}) succeeded but its execution record "
-                    f"{payload['execution_id']} is missing from the store"
-                )
-            same_job(execution, self._info, self._digest(execution.id))
-            return results.replay(store, execution.result, execution.outputs)
+            return results.replay(self._store(), execution.result, execution.outputs)
 
-    def _own_failure(self) -> None:
-        """`GraftError` if the failure Celery holds under this id is another job's: a
-        reused task id whose first job failed (Celery keeps that job's state)."""
+    def _own(self, execution_id: str) -> Execution | None:
+        """The execution recorded under `execution_id`, if any; `GraftError` if it is
+        another job's (a reused task id — Celery keeps the first job's state)."""
         with reachable(self._settings):
-            execution = self._store().execution(self.id)
+            execution = self._store().execution(execution_id)
         if execution is not None:
             same_job(execution, self._info, self._digest(execution.id))
+        return execution
 
     def _digest(self, execution_id: str) -> str | None:
         """The `input_digest` the worker made of this job's input, if `execution_id` is this
