@@ -1,7 +1,8 @@
 """examples/webapp over HTTP: uvicorn serving it, a live `graftq worker`, httpx as the client.
 
-Broker and results live in db 3 of the session's redis-server, which no other
-test uses, so the example's default queue meets only this worker.
+Broker and results live in db 3 of the session's redis-server and the store in db 5,
+which no other test uses, so the example's default queue meets only this worker; one
+worker and one uvicorn serve the whole module (each test makes its own students).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import redis
 
 from graftq.devserver import RedisServer, WorkerProcess, free_port
 from tests.processes import stop_session, wait_until
@@ -24,13 +26,16 @@ pytestmark = pytest.mark.integration
 JOBS = "examples.webapp.jobs:app"
 
 
-@pytest.fixture
-def env(redis_server: RedisServer, redis_url: str) -> dict[str, str]:
-    broker = f"redis://127.0.0.1:{redis_server.port}/3"
+@pytest.fixture(scope="module")
+def env(redis_server: RedisServer) -> dict[str, str]:
+    store, broker = (f"redis://127.0.0.1:{redis_server.port}/{db}" for db in (5, 3))
+    for url in (store, broker):
+        with redis.Redis.from_url(url) as client:
+            client.flushdb()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("GRAFTQ_")}
     return {
         **clean,
-        "GRAFTQ_REDIS_URL": redis_url,
+        "GRAFTQ_REDIS_URL": store,
         "GRAFTQ_BROKER_URL": broker,
         "GRAFTQ_RESULT_BACKEND": broker,
     }
@@ -63,7 +68,7 @@ def uvicorn(env: dict[str, str]) -> Iterator[str]:
             print(f"--- uvicorn ---\n{log.read().decode(errors='replace')[-3000:]}")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def web(env: dict[str, str]) -> Iterator[str]:
     """uvicorn serving examples.webapp.main:api next to a worker; its base URL."""
     worker = WorkerProcess(JOBS, env["GRAFTQ_REDIS_URL"], env=env)

@@ -55,6 +55,10 @@ def silent_listener() -> Iterator[int]:
     try:
         yield server.getsockname()[1]
     finally:
+        # close() alone leaves the thread blocked in accept(), so the join would wait
+        # its whole timeout; shutdown() wakes it.
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_RDWR)
         server.close()
         for conn in accepted:
             conn.close()
