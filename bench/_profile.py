@@ -9,7 +9,7 @@ producer idle); data goes into DIR. Needs ``perf`` (the distribution's linux-per
    process of the worker — main, pool children, forked body children — is sampled,
    kernel included (the fork, exit and page-fault costs live there). Samples within
    the drain's time window are summed by process role and by a kernel/user category.
-2. For ``fork``: ``py-spy record --subprocesses`` attaches to a worker for the drain only:
+2. For each system: ``py-spy record --subprocesses`` attaches to a worker for the drain only:
    the Python view of the main process and the pool children (the forked children
    live a few ms: py-spy finds them too late to sample).
 3. For ``fork``: cProfile of this process submitting the same jobs (the producer side).
@@ -195,7 +195,7 @@ def producer(args: argparse.Namespace, env: Any, system: Any, out: Path) -> None
 
 
 def run(args: argparse.Namespace, env: Any, systems: dict[str, Any]) -> None:
-    """perf for every system asked for; py-spy and the producer's cProfile for `fork`."""
+    """perf and py-spy for every system asked for; the producer's cProfile for `fork`."""
     out = Path(args.profile)
     out.mkdir(parents=True, exist_ok=True)
     for key, system in systems.items():
@@ -207,21 +207,21 @@ def run(args: argparse.Namespace, env: Any, systems: dict[str, Any]) -> None:
                 "-k", "CLOCK_MONOTONIC", "-o", str(data), "--"]  # fmt: skip
         drained = profiled_drain(args, env, system, launcher=perf)
         show_perf(key, perf_summary(data, drained, args.n))
-    if "fork" not in systems:
-        return
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if Path(spy).exists():
-        raw = out / "py-spy.txt"
+    if not Path(spy).exists():
+        print("\npy-spy not found (`.venv/bin/python -m pip install py-spy`): no Python view")
+    for key, system in systems.items() if Path(spy).exists() else ():
+        raw = out / f"py-spy-{key}.txt"
 
-        def attach(pid: int) -> subprocess.Popen[bytes]:
+        def attach(pid: int, raw: Path = raw) -> subprocess.Popen[bytes]:
             return subprocess.Popen(
                 [spy, "record", "--pid", str(pid), "--subprocesses", "-r", str(SPY_HZ),
                  "--format", "raw", "-o", str(raw)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
 
-        drained = profiled_drain(args, env, systems["fork"], attach=attach)
+        drained = profiled_drain(args, env, system, attach=attach)
+        print(f"\n## {key}")
         show_spy(spy_summary(raw, drained, args.n))
-    else:
-        print("\npy-spy not found (`.venv/bin/python -m pip install py-spy`): no Python view")
-    producer(args, env, systems["fork"], out)
+    if "fork" in systems:
+        producer(args, env, systems["fork"], out)

@@ -10,11 +10,20 @@ error: Celery ignores it and reconnects, and the job's message stays in kombu's
 unacknowledged set, acknowledged when the job ends or delivered again after the
 visibility timeout (the execution record then replays it: nothing runs twice).
 
+It also builds one redis-py client per connection pool, where kombu builds a new one
+for every publish, acknowledgement and event (`conn_or_acquire`): a client is only a
+handle on the pool, but building one fills a table of 170 reply parsers in Python
+(0.1 to 0.2 ms), so a submit paid twice (message, task-sent event) and a worker's main
+process four times per job (acknowledgement, three events). bench/RESULTS.md has the
+figures.
+
 Selected for ``redis://`` brokers (`graftq.worker.config`); other URLs keep kombu's own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -24,6 +33,20 @@ SCHEMES = ("redis",)
 
 
 class Channel(kombu_redis.Channel):
+    _sync: tuple[Any, redis.Redis] | None = None  # (pool, the client built on it)
+
+    @contextmanager
+    def conn_or_acquire(self, client: redis.Redis | None = None) -> Iterator[redis.Redis]:
+        """`client`, else this channel's client on its current pool (built once per pool:
+        kombu replaces the pool when it reconnects)."""
+        if client:
+            yield client
+            return
+        pool = self.pool  # raises as `_connparams` says once the connection is gone
+        if self._sync is None or self._sync[0] is not pool:
+            self._sync = (pool, self._create_client())  # type: ignore[no-untyped-call]
+        yield self._sync[1]
+
     def _connparams(self, asynchronous: bool = False) -> Any:
         if self.connection.client is None:
             raise redis.ConnectionError("the broker connection was closed under this channel")
