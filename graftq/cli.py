@@ -265,9 +265,13 @@ def lineage(app_path: str | None, uuid: str, mermaid: bool) -> None:
         click.echo(store.lineage_mermaid(lineage_id))
         return
     head = store.head_id(lineage_id)
-    for version in store.get_data(store.version_ids(lineage_id)):
+    versions = store.get_data(store.version_ids(lineage_id))
+    runs = sorted({v["derived_from"] for v in versions if v["derived_from"]})
+    made_by = dict(zip(runs, store.callable_names(runs), strict=True))
+    for version in versions:
         mark = "  ← head" if version["ecs_id"] == head else ""
-        via = version["derived_from"] or "put"
+        run = version["derived_from"]
+        via = f"{made_by[run]}[{run}]" if run else "put"  # Celery's name[id]
         click.echo(f"{version['ecs_id']}  parent={version['parent_id']}  via={via}{mark}")
 
 

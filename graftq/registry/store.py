@@ -355,7 +355,7 @@ class EntityRegistry:
         raws = cast(list[str | None], self._client.mget([self.keys.version(i) for i in ids]))
         docs = [decode_doc(i, raw or "") for i, raw in zip(ids, raws, strict=True)]
         runs = sorted({d["derived_from"] for d in docs if d["derived_from"]})
-        labels = dict(zip(runs, self._callable_names(runs), strict=True))
+        labels = dict(zip(runs, self.callable_names(runs), strict=True))
         lines = ["graph TD"]
         for doc in docs:
             node = _mermaid_id(doc["ecs_id"])
@@ -419,7 +419,8 @@ class EntityRegistry:
 
     # -- internals -------------------------------------------------------------
 
-    def _callable_names(self, execution_ids: list[str]) -> list[str]:
+    def callable_names(self, execution_ids: list[str]) -> list[str]:
+        """The callable each execution ran ("?" for one not recorded), in one round trip."""
         if not execution_ids:
             return []
         raws = self._client.mget([self.keys.execution(i) for i in execution_ids])

@@ -147,6 +147,18 @@ def test_lineage_tree_marks_the_head(cli: CLI, ada: Ada) -> None:
     assert "head" in lines[2] and "head" not in lines[0] + lines[1]
 
 
+def test_lineage_tree_names_the_callable_that_made_each_version(
+    cli: CLI, ada: Ada, school: App
+) -> None:
+    older = school.execute("birthday", {"student": f"@{ada.lineage_id}"})
+    made = str(older.derived_from)
+    proc = cli("lineage", ada.lineage_id, "--app", SCHOOL, wide=True)
+    assert proc.returncode == 0, output(proc)
+    [line] = [line for line in proc.stdout.splitlines() if line.startswith(str(older.ecs_id))]
+    assert f"via=birthday[{made}]" in line and "head" in line
+    assert "via=put" in proc.stdout.splitlines()[0]
+
+
 def test_lineage_of_unknown_id_fails_cleanly(cli: CLI, ada: Ada) -> None:
     proc = cli("lineage", UNKNOWN, "--mermaid", "--app", SCHOOL)
     assert proc.returncode == 1
