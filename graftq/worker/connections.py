@@ -13,7 +13,8 @@ retry, since its own reconnect is already a second wait.
 `reachable` turns what the clients raise when a server is down — redis-py's
 ConnectionError and TimeoutError, kombu's OperationalError, Celery's
 RuntimeError that the result backend "must be restarted" (it need not) — into
-`Unreachable`, naming the URLs (passwords masked) and the timeout. The store's
+`Unreachable`, naming the URLs (passwords masked), the timeout and the error met (for
+Celery's RuntimeError, the one it was raised over: its own text names no cause). The store's
 client (`redis_client`) does so on every command and pipeline it runs.
 
 redis-py and kombu are imported where they are used, so that a producer's
@@ -188,6 +189,8 @@ def unreachable(settings: Settings, exc: BaseException) -> Unreachable:
     urls = dict.fromkeys(
         maybe_sanitize_url(url) for url in (settings.redis_url, settings.broker, settings.backend)
     )
+    if isinstance(exc, RuntimeError):  # Celery's backend gave up: name what it met
+        exc = exc.__cause__ or exc.__context__ or exc  # (a refused password, a refusal)
     cause = " ".join(str(exc).split()) or type(exc).__name__
     return Unreachable(
         f"cannot reach {' / '.join(urls)} within {settings.connect_timeout:g} s "

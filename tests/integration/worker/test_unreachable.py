@@ -241,3 +241,21 @@ def test_a_long_job_on_a_healthy_redis_is_waited_for_not_refused(
         seconds = 4 * TIMEOUT
         job = app.submit("sleepy", {"seconds": seconds, "pid_file": str(tmp_path / "p")})
         assert job.get() == 1
+
+
+@pytest.mark.parametrize("operation", list(OPERATIONS))
+def test_a_refused_password_is_named_as_the_cause(
+    app_on: Callable[[str], App], operation: str
+) -> None:
+    """A server that answers but refuses the password: the error says so, whichever client
+    met it first. Celery's result backend (which `submit` and `Job.get` reach) swallows
+    the refusal into its own "must be restarted" RuntimeError, which named neither the
+    password nor anything a user could act on."""
+    with RedisServer() as server:
+        redis.Redis(port=server.port).config_set("requirepass", "right")
+        url = f"redis://:wrong@127.0.0.1:{server.port}/0"
+        with pytest.raises(Unreachable) as raised:
+            OPERATIONS[operation](app_on(url))
+    message = str(raised.value)
+    assert f"redis://:**@127.0.0.1:{server.port}/0" in message and "wrong" not in message
+    assert "AuthenticationError" in message and "RuntimeError" not in message, message
