@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from celery import Celery
+from kombu.utils.url import maybe_sanitize_url
 
-from graftq.errors import GraftError
+from graftq.errors import GraftError, InvalidSetting
 from graftq.settings import Settings
 from graftq.tasks.callables import CallableInfo
 from graftq.worker import backend, broker
@@ -26,10 +27,11 @@ def make_celery(name: str, settings: Settings) -> Any:
     backend wait bounded by the connect timeout, for a Redis broker the transport
     of `graftq.worker.broker`, and for a Redis result backend `graftq.worker.backend`.
     """
-    results = settings.backend
+    results = celery_url(settings.backend)
     if backend.handles(results):  # "module:Class+url" names Celery a class
         results = f"{backend.__name__}:{backend.RedisBackend.__name__}+{results}"
-    celery = Celery(name, broker=settings.broker, backend=results, set_as_current=False)
+    broker_url = celery_url(settings.broker)
+    celery = Celery(name, broker=broker_url, backend=results, set_as_current=False)
     celery.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -49,9 +51,28 @@ def make_celery(name: str, settings: Settings) -> Any:
         enable_utc=True,
         **celery_timeouts(settings),
     )
-    if urlsplit(settings.broker).scheme in broker.SCHEMES:
+    if urlsplit(broker_url).scheme in broker.SCHEMES:
         celery.conf.broker_transport = f"{broker.__name__}:Transport"
     return celery
+
+
+def celery_url(url: str) -> str:
+    """`url` as Celery names the same Redis: a Unix socket is ``redis+socket://PATH`` with
+    its database as ``virtual_host`` for kombu and Celery's backend, where redis-py (and
+    so GRAFTQ_REDIS_URL, the default broker and backend) takes ``unix://PATH?db=N``;
+    Celery has no ``unix`` transport. A socket URL with more than a database (a
+    password, say) is refused, naming the settings to give instead."""
+    parts = urlsplit(url)
+    if parts.scheme != "unix":
+        return url
+    query = parse_qs(parts.query)
+    if parts.netloc or set(query) - {"db"} or len(query.get("db", [])) > 1:
+        raise InvalidSetting(
+            f"{maybe_sanitize_url(url)}: Celery cannot take its broker and result backend from "
+            "a unix:// URL with more than a path and ?db=; set GRAFTQ_BROKER_URL and "
+            "GRAFTQ_RESULT_BACKEND (redis+socket:///PATH?virtual_host=DB)"
+        )
+    return f"redis+socket://{parts.path}?virtual_host={query.get('db', ['0'])[0]}"
 
 
 def unlimited(callables: Iterable[CallableInfo], visibility_timeout: float) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from graftq import InvalidSetting, Settings
+from graftq.worker.config import celery_url
 
 BAD = [
     ("REDIS_URL", "http://127.0.0.1:6379/0", "redis"),
@@ -73,3 +74,21 @@ def test_an_explicit_mapping_is_read_instead_of_the_environment(
     assert settings.rerun_timeout == 90.0 and settings.key_prefix == "graftq"
     with pytest.raises(InvalidSetting, match="GRAFTQ_RESULT_EXPIRES='soon'"):
         Settings.from_env({"GRAFTQ_RESULT_EXPIRES": "soon"})
+
+
+@pytest.mark.parametrize(
+    ("url", "celery"),
+    [
+        ("unix:///run/redis.sock", "redis+socket:///run/redis.sock?virtual_host=0"),
+        ("unix:///run/redis.sock?db=3", "redis+socket:///run/redis.sock?virtual_host=3"),
+        ("redis://127.0.0.1:6380/2", "redis://127.0.0.1:6380/2"),
+    ],
+)
+def test_the_broker_names_a_unix_socket_as_celery_does(url: str, celery: str) -> None:
+    assert celery_url(url) == celery
+
+
+def test_a_unix_socket_url_with_a_password_asks_for_the_broker_url() -> None:
+    with pytest.raises(InvalidSetting, match="GRAFTQ_BROKER_URL") as raised:
+        celery_url("unix://:s3cret@/run/redis.sock?db=1")
+    assert "s3cret" not in str(raised.value)
