@@ -64,6 +64,17 @@ class Job:
     def __repr__(self) -> str:
         return f"<graftq.Job {self.id} {self._info.name} {self.status}>"
 
+    def __reduce__(self) -> Any:
+        """Refused with what to keep instead: a Job holds its App, which no pickle carries
+        (pickle would fail deep inside, on a lock or the registered function)."""
+        raise TypeError(
+            f"a graftq Job cannot be pickled: keep its id {self.id!r} and name "
+            f"{self.name!r}, and get it back with app.job({self.id!r}, {self.name!r})"
+        )
+
+    def __copy__(self) -> Job:  # `copy.copy` would otherwise go through `__reduce__`
+        return Job(self._result, self._info, self._store, self._settings, self._sent)
+
     @property
     def id(self) -> str:
         return str(self._result.id)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+import pickle
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -353,3 +355,15 @@ def test_a_body_that_stores_what_it_returns_commits_it_on_a_worker(app: App) -> 
     assert older.age == 21 and older.parent_id == ada.ecs_id
     assert app.entities.head(ada.lineage_id).ecs_id == older.ecs_id
     assert app.entities.provenance(older.ecs_id) is not None
+
+
+def test_pickling_a_job_says_how_to_keep_one(app: App) -> None:
+    """A Job holds its App (store, Celery app, callable): pickling one failed deep inside
+    with "Can't pickle local object" or "cannot pickle '_thread.RLock' object". It says
+    what to keep instead, and what that rebuilds answers the same."""
+    job = app.submit("bonus", {"student_age": 3, "bonus_amount": 2.0})
+    with pytest.raises(TypeError, match=r"app\.job\(") as raised:
+        pickle.dumps(job)
+    assert job.id in str(raised.value) and "bonus" in str(raised.value)
+    assert app.job(job.id, job.name).get(timeout=30) == job.get(timeout=30) == 6.0
+    assert copy.copy(job).get(timeout=30) == 6.0  # a shallow copy shares the App
