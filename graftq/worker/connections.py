@@ -183,6 +183,22 @@ def _unanswered(exc: Exception) -> bool:
     return isinstance(exc, tuple(kinds))
 
 
+def refused(exc: BaseException) -> bool:
+    """Whether `exc` says a server refused or dropped a connection — what a restarting one
+    does for a moment — rather than not answering in time (Celery's backend wraps the
+    error it met in its RuntimeError)."""
+    if isinstance(exc, RuntimeError) and _BACKEND_GAVE_UP in str(exc):
+        exc = exc.__cause__ or exc.__context__ or exc
+    kinds: list[type[BaseException]] = [ConnectionError]
+    if (redis := sys.modules.get("redis")) is not None:
+        kinds.append(redis.ConnectionError)
+        if isinstance(exc, redis.TimeoutError | redis.AuthenticationError):
+            return False  # not answering in time; a wrong password: no restart mends it
+    if (kombu := sys.modules.get("kombu.exceptions")) is not None:
+        kinds.append(kombu.OperationalError)
+    return isinstance(exc, tuple(kinds)) and not isinstance(exc, TimeoutError)
+
+
 def unreachable(settings: Settings, exc: BaseException) -> Unreachable:
     from kombu.utils.url import maybe_sanitize_url
 

@@ -20,7 +20,7 @@ from graftq.tasks import results
 from graftq.tasks.callables import CallableInfo
 from graftq.tasks.exceptions import rebuilt
 from graftq.tasks.inputs import input_digest, prepare, prepare_many, same_job, validation_error
-from graftq.worker.connections import reachable, wait
+from graftq.worker.connections import reachable, refused, wait
 from graftq.worker.message import META, delivered
 
 
@@ -169,11 +169,16 @@ class Job:
         there. Each piece starts with a read of the stored state, which a silent server
         fails within one wait, so `reachable` raises `Unreachable` well within the
         connect timeout however long the job itself may take.
+
+        A refused or dropped connection is what a restarting server looks like: the wait
+        goes on as long as the server comes back within the connect timeout (as the
+        worker's commit does), so a job waited on across a restart is answered.
         """
         from celery import exceptions as celery_errors
 
         deadline = None if timeout is None else time.monotonic() + timeout
         piece = wait(self._settings)
+        restart = _Restart(self._settings)
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
@@ -183,6 +188,11 @@ class Job:
             except celery_errors.TimeoutError:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise
+                restart.answered()
+            except Exception as exc:
+                if not restart.outlasted_by(exc) or (deadline and time.monotonic() >= deadline):
+                    raise
+                time.sleep(_Restart.PAUSE)
 
     async def aget(self, timeout: float | None = None, poll: float = 0.05) -> Any:
         """`get` without blocking the event loop (polls the result backend)."""
@@ -191,7 +201,15 @@ class Job:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         delay = 0.005
-        while not await asyncio.to_thread(lambda: self.done):
+        restart = _Restart(self._settings)
+        while True:
+            try:
+                if await asyncio.to_thread(lambda: self.done):
+                    break
+                restart.answered()
+            except Unreachable as exc:  # `_wait`'s patience with a restarting server
+                if not restart.outlasted_by(exc.__cause__ or exc):
+                    raise
             if deadline is not None and loop.time() >= deadline:
                 raise JobTimeout(
                     f"job {self.id} ({self._info.name}) did not finish within {timeout}s; "
@@ -200,6 +218,30 @@ class Job:
             await asyncio.sleep(delay)
             delay = min(delay * 2, poll)
         return await asyncio.to_thread(self.get, 5.0)
+
+
+class _Restart:
+    """A wait's patience with a server that refuses or drops connections, as a restarting
+    one does for a moment: it goes on while another try (which may time out, at worst)
+    ends within the connect timeout of the first refusal. A server that stays away, or
+    does not answer at all, still fails the wait with `Unreachable` in that time."""
+
+    PAUSE = 0.2  # seconds between tries
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._since: float | None = None
+
+    def answered(self) -> None:
+        """The server answered: a later refusal is another restart."""
+        self._since = None
+
+    def outlasted_by(self, exc: BaseException) -> bool:
+        """Whether to try again after `exc`."""
+        now = time.monotonic()
+        self._since = self._since or now
+        gives_up = self._since + self._settings.connect_timeout - wait(self._settings)
+        return refused(exc) and now < gives_up
 
 
 def _unwrapped(wrapper: Any) -> Exception:

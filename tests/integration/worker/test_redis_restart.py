@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
+import redis
 
 from graftq import App
 from graftq.devserver import RedisServer
@@ -89,3 +94,45 @@ def test_a_restart_while_a_job_commits_commits_it_once_when_redis_is_back(
             assert record is not None and record.status == "SUCCESS", record
             history = app.entities.history(counter.lineage_id)
             assert [version.value for version in history] == [0, 1]
+
+
+@pytest.mark.parametrize("wait", ["get", "aget"])
+def test_a_job_waited_on_across_a_redis_restart_is_answered(
+    client_app: Callable[..., App], tmp_path: Path, wait: str
+) -> None:
+    """`Job.get`/`aget` already waiting when Redis restarts: the worker rides the restart
+    out and commits, and so must the wait — it raised `Unreachable` ("Connection
+    refused") the moment the server was down, though it was back within a second and
+    the job succeeded. A server that stays away still fails the wait within the
+    connect timeout (tests/integration/worker/test_unreachable.py)."""
+    with RedisServer(appendonly=True) as server:
+        broker = f"redis://127.0.0.1:{server.port}/1"
+        node = Node(f"restart-wait-{wait}")
+        with running(server.url, broker, node):
+            app = client_app(node.queue, store_url=server.url, broker=broker)
+            gate, pid_file = tmp_path / "gate", tmp_path / "pid"
+            job = app.submit("held", {"gate": str(gate), "pid_file": str(pid_file)})
+            answers: list[object] = []
+
+            def waiter() -> None:
+                try:
+                    answers.append(
+                        job.get(timeout=60) if wait == "get" else asyncio.run(job.aget(60))
+                    )
+                except Exception as exc:  # what the test reports
+                    answers.append(exc)
+
+            waiting = threading.Thread(target=waiter)
+            waiting.start()
+            read_proc(pid_file)  # the held body runs: the waiter waits on it
+            with redis.Redis.from_url(broker) as watcher:  # and is subscribed, or polling
+                channel = f"celery-task-meta-{job.id}"
+                wait_until(
+                    lambda: wait == "aget" or watcher.pubsub_numsub(channel)[0][1] > 0,
+                    30,
+                    "the waiter waits",
+                )
+            restart(server)
+            gate.touch()
+            waiting.join(90)
+            assert answers == [1]
