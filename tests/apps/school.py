@@ -145,6 +145,11 @@ def make_app(name: str = "school") -> App:
         return student  # type: ignore[return-value]
 
     @app.register
+    def out_of_memory(megabytes: int) -> int:
+        """What a body that exhausts its memory raises (an allocation refused)."""
+        raise MemoryError(f"cannot allocate {megabytes} MB")
+
+    @app.register
     def crash(how: str) -> int:
         if how == "exit":
             os._exit(3)

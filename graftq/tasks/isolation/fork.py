@@ -74,9 +74,9 @@ def run_isolated(
 
     ``setup`` and ``encode`` run in the child, ``decode`` here. An exception from
     ``setup``, the call or ``encode`` is re-raised here with the remote traceback as a
-    note; a child that dies without answering, or a call that raises SystemExit or
-    KeyboardInterrupt, raises IsolationError; running past ``time_limit`` seconds kills
-    the child and raises TimeLimitExceeded.
+    note; a child that dies without answering, or a call that raises SystemExit,
+    KeyboardInterrupt or MemoryError, raises IsolationError; running past ``time_limit``
+    seconds kills the child and raises TimeLimitExceeded.
     """
     name = getattr(call, "__qualname__", None) or repr(call)
     prctl = libc_prctl()  # resolved before the fork: the child only calls it

@@ -67,6 +67,8 @@ def remote_error(payload: bytes, where: str) -> BaseException:
         exc = IsolationError(f"{where} raised {remote}: {info['message']}")
     elif not isinstance(exc, Exception):  # re-raising SystemExit here would end this process
         exc = IsolationError(f"{where} raised {exc!r}")
+    elif isinstance(exc, MemoryError):  # the child's own: Celery would stop the worker for it
+        exc = IsolationError(f"{where} ran out of memory (MemoryError: {info['message']})")
     exc.add_note("Remote traceback (isolated child):\n" + info["traceback"])
     return exc
 

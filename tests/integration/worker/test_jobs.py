@@ -142,6 +142,19 @@ def test_exception_types_round_trip(
     failure_record(app, job.id, f"{raised.__name__}: ")
 
 
+def test_a_body_out_of_memory_fails_its_job_and_the_worker_serves_on(app: App) -> None:
+    # Celery takes a task's MemoryError for its pool process running out and shuts the
+    # whole worker down; the body's ran out in its own child, so only the job fails.
+    job = app.submit("out_of_memory", {"megabytes": 10**9})
+
+    with pytest.raises(graftq.IsolationError, match="MemoryError: cannot allocate"):
+        job.get(timeout=30)
+
+    assert job.status == "FAILURE"
+    failure_record(app, job.id, "MemoryError: cannot allocate")
+    assert app.submit("bonus", {"student_age": 2, "bonus_amount": 2.0}).get(timeout=30) == 4.0
+
+
 def test_a_reused_task_id_is_refused_never_answered_with_another_jobs_result(
     app: App, shared_worker: Node
 ) -> None:

@@ -269,6 +269,15 @@ def test_base_exceptions_become_isolation_error(exc: BaseException, shown: str) 
         run(fail)
 
 
+def test_memory_error_becomes_isolation_error() -> None:
+    # a worker would take the child's MemoryError for its own and shut down (Celery)
+    def exhaust() -> None:
+        raise MemoryError("cannot allocate")
+
+    with pytest.raises(IsolationError, match=r"ran out of memory \(MemoryError: cannot allocate"):
+        run(exhaust)
+
+
 def test_sys_exit_becomes_isolation_error() -> None:
     with pytest.raises(IsolationError, match=r"SystemExit\(2\)"):
         run(lambda: sys.exit(2))
