@@ -124,7 +124,7 @@ class App:
     def _on_worker_process_init(self, **_: Any) -> None:
         self.reconnect()
         if self._fork_server is not None:
-            self._fork_server.start()
+            self._fork_server.start(pool_process=True)
 
     def _on_worker_process_shutdown(self, **_: Any) -> None:
         if self._fork_server is not None:

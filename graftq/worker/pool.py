@@ -27,13 +27,20 @@ class ForkServer:
     def __init__(self, app: Any) -> None:
         self._app = app
         self._zygote: Zygote | None = None
+        self._reaper = False
 
-    def start(self) -> None:
-        """Start the zygote now (at pool process start), if this worker runs our App."""
+    def start(self, *, pool_process: bool = False) -> None:
+        """Start the zygote now (at pool process start), if this worker runs our App.
+
+        `pool_process`: this is a worker's pool process, whose only child is its zygote,
+        so it may adopt and kill what a killed zygote's call left (`Zygote`'s `reaper`);
+        a process with children of its own to keep must not.
+        """
         self.stop()
+        self._reaper = self._reaper or pool_process
         path = _app_path(self._app)
         if path is not None:
-            self._zygote = Zygote(path)
+            self._zygote = Zygote(path, reaper=self._reaper)
 
     def get(self) -> Zygote | None:
         """The running zygote, a new one if it died, or None (no zygote for this App)."""

@@ -25,7 +25,9 @@ it stops the zygote (its App's module kills every child, say) and fails the call
 time limit P asks Z to kill C. What the body logs or prints travels to P as it happens
 and is logged there, in the job's context, as if the body had run in P (a direct fork
 inherits P's logging). Z ends when P does (its socket closes), killing C's whole tree
-first; C dies with Z (PDEATHSIG).
+first; C dies with Z (PDEATHSIG). Were Z killed itself, what C had detached (setsid, a
+double fork) would be left to init: a worker's P is their subreaper instead, and kills
+them once it sees Z gone (`reaper`).
 """
 
 from __future__ import annotations
@@ -72,8 +74,15 @@ class Ended(NamedTuple):
 class Zygote:
     """The pool process's side: starts the fork server and runs calls through it."""
 
-    def __init__(self, app_path: str) -> None:
+    def __init__(self, app_path: str, *, reaper: bool = False) -> None:
+        """`reaper`: this process adopts and kills what a call leaves when the zygote
+        itself is killed — every descendant it has then, so only for a process whose
+        only child is its zygote (a worker's pool process)."""
         self.app_path = app_path
+        self._reaper = reaper
+        prctl = process.libc_prctl()
+        if reaper and prctl is not None:
+            prctl(process.PR_SET_CHILD_SUBREAPER, 1)
         control, self._control = socket.socketpair()
         data, self._data = socket.socketpair()
         # -c, not -m: graftq imports this module, and runpy would warn about a second copy;
@@ -108,6 +117,8 @@ class Zygote:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
+        if self._reaper:
+            process.sweep()  # a killed zygote's call left its detached processes to us
 
     def run(
         self, name: str, version: str, kwargs: dict[str, Any], *, time_limit: float | None = None
@@ -146,7 +157,10 @@ class Zygote:
         """The zygote's status of the child that ended; a silent zygote is stopped."""
         self._owed = False
         if _readable([self._control], _START_TIMEOUT):
-            kind, payload = receive(self._control)
+            try:
+                kind, payload = receive(self._control)
+            except (IsolationError, OSError):  # it closed: it died
+                raise self._lost("died") from None
             if kind == _STATUS:
                 return Ended(*_REPORT.unpack(payload))
         raise self._stopped("stopped answering; it was killed")
@@ -159,14 +173,13 @@ class Zygote:
             self._discard()
 
     def _await_ready(self) -> None:
-        ready = _readable([self._control], _START_TIMEOUT)
-        kind = receive(self._control)[0] if ready else None
+        try:
+            ready = _readable([self._control], _START_TIMEOUT)
+            kind = receive(self._control)[0] if ready else None
+        except (IsolationError, OSError):  # it closed: it died importing the App's module
+            kind = None
         if kind != _READY:
-            code = self._process.poll()
-            raise IsolationError(
-                f"the zygote for {self.app_path} did not start"
-                + ("" if code is None else f" (exit status {code})")
-            )
+            raise self._lost("could not start (its error is in the worker's log)")
         self._ready = True
 
     def _collect(self, deadline: float | None, request: bytes) -> Frame | Ended:
@@ -196,8 +209,8 @@ class Zygote:
             wait = None if deadline is None or killed else max(0.0, deadline - time.monotonic())
             readable = _readable([self._data, self._control], wait)
             if self._data in readable:
-                if self._receive() == 0:
-                    raise IsolationError(f"the zygote for {self.app_path} closed its channel")
+                if self._receive() == 0:  # the zygote and its child both closed it: dead
+                    raise self._lost("died")
                 continue
             if self._control in readable:
                 status = self._status()
@@ -258,6 +271,14 @@ class Zygote:
         while self._receive():
             pass
         self._received.clear()
+
+    def _lost(self, what: str) -> IsolationError:
+        """The zygote is gone (killed, say, or its import of the App's module failed):
+        reap it and what its call left; the error to raise, saying how it ended."""
+        self.close()
+        code = self._process.returncode
+        how = _describe(-code if code < 0 else code << 8)  # as a wait status
+        return IsolationError(f"the zygote for {self.app_path} (pid {self.pid}) {what}: it {how}")
 
     def _stopped(self, why: str) -> IsolationError:
         """Kill the zygote (silent, or its children die before taking a call: its App's

@@ -306,3 +306,12 @@ def test_a_zygote_whose_children_all_die_before_a_call_is_stopped(
     with pytest.raises(IsolationError, match=r"died before taking a call .*status 7"):
         server.run("one", version, {}, time_limit=30)
     assert not server.alive()
+
+
+def test_a_zygote_that_cannot_import_its_app_says_so(start_zygote: Callable[..., Zygote]) -> None:
+    server = start_zygote("tests.apps.school:no_such_app")  # its import raises AttributeError
+    version = school.callables["bonus"].version
+    started = r"could not start \(its error is in the worker's log\): it exited with status 1"
+
+    with pytest.raises(IsolationError, match=rf"school:no_such_app \(pid \d+\) {started}"):
+        server.run("bonus", version, {"student_age": 1, "bonus_amount": 1.0})
