@@ -66,7 +66,7 @@ class App:
             return self._celery
 
     def _make_celery(self) -> Any:
-        from celery.signals import worker_process_init, worker_process_shutdown
+        from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
         from graftq.worker.config import make_celery
         from graftq.worker.pool import ForkServer
@@ -82,7 +82,8 @@ class App:
         # Each worker pool process makes its own Redis connections (never inherited)
         # and its own fork server.
         self._fork_server = ForkServer(self)
-        worker_process_init.connect(self._on_worker_process_init)  # weak: Apps can be freed
+        worker_init.connect(self._on_worker_init)  # weak, all three: Apps can be freed
+        worker_process_init.connect(self._on_worker_process_init)
         worker_process_shutdown.connect(self._on_worker_process_shutdown)
         return celery
 
@@ -120,6 +121,10 @@ class App:
         with self._lock:
             self._entities = None
             self._functions = None
+
+    def _on_worker_init(self, **_: Any) -> None:
+        if self._fork_server is not None:
+            self._fork_server.remember_code()
 
     def _on_worker_process_init(self, **_: Any) -> None:
         self.reconnect()

@@ -44,6 +44,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any, NamedTuple, NoReturn
 
 from graftq.errors import IsolationError, TimeLimitExceeded
@@ -60,6 +61,8 @@ _EXIT_NICENESS = 19  # a child that has answered exits at the lowest priority (s
 # A status: pid, wait status, whether a request was left unread. Binary, not JSON: the
 # zygote sends one per call, and every object its code touches is a page it copies.
 _REPORT = struct.Struct("!ii?")
+_NAMED = 3  # changed files a refusal names
+Stamps = Mapping[str, tuple[int, int]]  # source file -> (mtime in ns, size)
 
 
 class Ended(NamedTuple):
@@ -74,12 +77,17 @@ class Ended(NamedTuple):
 class Zygote:
     """The pool process's side: starts the fork server and runs calls through it."""
 
-    def __init__(self, app_path: str, *, reaper: bool = False) -> None:
+    def __init__(
+        self, app_path: str, *, reaper: bool = False, loaded: Stamps | None = None
+    ) -> None:
         """`reaper`: this process adopts and kills what a call leaves when the zygote
         itself is killed — every descendant it has then, so only for a process whose
-        only child is its zygote (a worker's pool process)."""
+        only child is its zygote (a worker's pool process). `loaded`: the `loaded_code`
+        of the process whose code the calls must run (a worker's main process); a zygote
+        that imports a file changed since is refused (`check`)."""
         self.app_path = app_path
         self._reaper = reaper
+        self._loaded = loaded
         prctl = process.libc_prctl()
         if reaper and prctl is not None:
             prctl(process.PR_SET_CHILD_SUBREAPER, 1)
@@ -172,14 +180,23 @@ class Zygote:
             self._status()
             self._discard()
 
+    def check(self) -> None:
+        """Wait until the zygote is ready; IsolationError if it cannot run this process's
+        calls: it did not start, or it imported code other than `loaded`."""
+        if not self._ready:
+            self._await_ready()
+
     def _await_ready(self) -> None:
         try:
             ready = _readable([self._control], _START_TIMEOUT)
-            kind = receive(self._control)[0] if ready else None
+            kind, payload = receive(self._control) if ready else (None, b"")
         except (IsolationError, OSError):  # it closed: it died importing the App's module
             kind = None
         if kind != _READY:
             raise self._lost("could not start (its error is in the worker's log)")
+        changed = _changed(self._loaded, pickle.loads(payload))  # from our own child
+        if changed:
+            raise self._stopped(f"imported other code: {changed} since the worker loaded it")
         self._ready = True
 
     def _collect(self, deadline: float | None, request: bytes) -> Frame | Ended:
@@ -289,6 +306,35 @@ class Zygote:
         return IsolationError(f"the zygote for {self.app_path} {why}")
 
 
+def loaded_code() -> dict[str, tuple[int, int]]:
+    """The source file of every module this process has imported, stamped as it is now.
+
+    A zygote is a fresh interpreter: it imports the App's module from disk, maybe long
+    after the worker did (a pool process replaced, a zygote killed). Comparing the two
+    stamps finds a file edited in between, whose code the worker does not run.
+    """
+    stamps = {}
+    for module in list(sys.modules.values()):
+        try:
+            path = module.__file__
+            if not isinstance(path, str):  # a builtin, a namespace package
+                continue
+            found = os.stat(path)
+        except Exception:  # no such file (any more), or a lazy module proxy
+            continue
+        stamps[os.path.abspath(path)] = (found.st_mtime_ns, found.st_size)
+    return stamps
+
+
+def _changed(loaded: Stamps | None, imported: Stamps) -> str:
+    """The files `imported` holds other than `loaded` (empty if none, or no `loaded`)."""
+    if loaded is None:
+        return ""
+    changed = sorted(path for path, stamp in imported.items() if loaded.get(path, stamp) != stamp)
+    more = f" and {len(changed) - _NAMED} more" if len(changed) > _NAMED else ""
+    return ", ".join(changed[:_NAMED]) + more + (" changed" if changed else "")
+
+
 def _readable(sources: list[Any], timeout: float | None) -> list[Any]:
     """Those of `sockets or fds` ready to read within `timeout` seconds (None: no limit)."""
     poller = select.poll()
@@ -327,6 +373,7 @@ def _serve(
         prctl(process.PR_SET_NAME, b"graftq-zygote")
     module_name, _, attr = app_path.partition(":")
     app = getattr(importlib.import_module(module_name), attr)
+    imported = pickle.dumps(loaded_code())  # for P to compare with what the worker loaded
     # What every child needs is done here, once: a child's every first write to a page
     # is a copy, so the less it does after the fork, the cheaper it is. The zygote
     # itself never runs a call, so it may as well be isolated, quiet and socket-free.
@@ -338,7 +385,8 @@ def _serve(
     logging.getLogger().setLevel(log_level)
     forker = rawfork.Forker(hooks)
     sample = _request("", "", rehearsal.arguments())
-    send(control, _READY, b"")
+    send(control, _READY, imported)
+    del imported
     while True:
         pid = forker.fork()
         if pid == 0:

@@ -22,7 +22,7 @@ import pytest
 from graftq import IsolationError, ReturnTypeError, TimeLimitExceeded
 from graftq.tasks.isolation.zygote import Zygote
 from graftq.worker.pool import APP_VARIABLE, ForkServer
-from tests.apps import stillborn, unrehearsed
+from tests.apps import stillborn, unimportable, unrehearsed
 from tests.apps.forkhooks import app as forkhooks
 from tests.apps.school import Student, make_app
 from tests.apps.school import app as school
@@ -231,6 +231,25 @@ def test_a_dead_zygote_is_replaced(redis_url: str, monkeypatch: pytest.MonkeyPat
         assert call(second, "bonus", student_age=2, bonus_amount=3.0) == 6.0
     finally:
         server.stop()
+
+
+def test_a_zygote_that_cannot_start_leaves_the_bodies_to_the_pool_process(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the worker imported the module; a fresh interpreter may fail to (an import that
+    # fails only sometimes): jobs fork from the pool process then, never fail for it
+    monkeypatch.setenv("GRAFTQ_REDIS_URL", redis_url)
+    monkeypatch.setenv(APP_VARIABLE, "tests.apps.unimportable:app")
+    monkeypatch.setenv(unimportable.FAIL, "1")
+    server = ForkServer(unimportable.app)
+    server.start()
+    try:
+        assert server.get() is None
+        assert server.get() is None  # not started again for every job
+    finally:
+        server.stop()
+    assert "tests.apps.unimportable:app (pid" in caplog.text
+    assert "could not start" in caplog.text and "forks isolated bodies itself" in caplog.text
 
 
 def test_no_zygote_for_another_app_or_when_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:

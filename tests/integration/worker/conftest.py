@@ -40,6 +40,7 @@ class Node:
     concurrency: int = 2
     env: dict[str, str] = field(default_factory=dict)
     queue: str = field(default_factory=new_queue)
+    extra: list[str] = field(default_factory=list)  # more `graftq worker` options
     process: WorkerProcess | None = None
 
     @property
@@ -69,7 +70,7 @@ def running(store_url: str, broker_url: str, *nodes: Node) -> Iterator[None]:
                 "GRAFTQ_SIGNING_KEY": "",
                 **node.env,
             },
-            extra=["-Q", node.queue],
+            extra=["-Q", node.queue, *node.extra],
         )
     try:
         with ThreadPoolExecutor(len(nodes)) as pool:
