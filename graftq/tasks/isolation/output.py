@@ -4,14 +4,19 @@ A body forked from the pool process inherits its logging (and a worker's stdout
 redirection); a zygote's child does not. So the zygote points the root logger and
 ``sys.stdout``/``sys.stderr`` at the data channel once (`forward`), each record or write
 becomes an ``L`` frame, and the pool process logs or prints it as it arrives (`replay`),
-in the job's context, tagged as if the body had run there.
+in the job's context, tagged as if the body had run there. Only a child's frames go
+there: a thread the App's module started in the zygote itself is no call's, and writes
+to the zygote's own stderr instead (it must neither garble a call's frames nor hold a
+lock of the channel's while the zygote forks).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import os
 import socket
 import sys
 import threading
@@ -27,6 +32,7 @@ class Output:
     def __init__(self, data: socket.socket) -> None:
         self._data = data
         self._lock = threading.Lock()  # a body's threads may log at once
+        self._zygote = os.getpid()  # the process that forwards: its children run calls
 
     def close(self) -> None:
         """Send no more, for as long as this process lives: a write in progress (another
@@ -36,6 +42,10 @@ class Output:
         self._lock.acquire()
 
     def send(self, stream: str, text: str, name: str = "", level: int = 0) -> None:
+        if os.getpid() == self._zygote:  # a thread of the zygote's own, not a call's
+            with contextlib.suppress(OSError):
+                os.write(2, (f"{name}: {text}\n" if name else text).encode(errors="replace"))
+            return
         line = {"stream": stream, "text": text, "name": name, "level": level}
         with self._lock:
             send(self._data, OUTPUT, json.dumps(line).encode())

@@ -22,7 +22,7 @@ import pytest
 from graftq import IsolationError, ReturnTypeError, TimeLimitExceeded
 from graftq.tasks.isolation.zygote import Zygote
 from graftq.worker.pool import APP_VARIABLE, ForkServer
-from tests.apps import stillborn, unimportable, unrehearsed
+from tests.apps import chatty, stillborn, unimportable, unrehearsed
 from tests.apps.forkhooks import app as forkhooks
 from tests.apps.school import Student, make_app
 from tests.apps.school import app as school
@@ -292,6 +292,26 @@ def test_the_apps_at_fork_hooks_run_once_in_each_child(
 
     assert [state["hook_runs"] for state in states] == [1, 1, 1]
     assert len({state["random"] for state in states}) == 3  # random reseeded in every child
+
+
+def test_a_thread_of_the_zygote_itself_speaks_for_no_call(
+    start_zygote: Callable[..., Zygote],
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # a thread the App's module started in the zygote is no call's: what it logs or
+    # prints is not the call's output, nor may it share the call's channel (its frames
+    # would garble the call's, and a lock it held at a fork would stay held in the child)
+    server = start_zygote("tests.apps.chatty:app", **{chatty.CHATTER: "1"})
+    version = chatty.app.callables["talk"].version
+    with caplog.at_level(logging.WARNING):
+        assert [server.run("talk", version, {"n": n}, time_limit=20) for n in range(6)] == list(
+            range(6)
+        )
+
+    printed = capsys.readouterr().out
+    assert "talk 5" in caplog.text and "talk 5" in printed
+    assert chatty.TICK not in caplog.text and chatty.TICK not in printed
 
 
 def test_a_spare_whose_rehearsal_fails_still_serves(start_zygote: Callable[..., Zygote]) -> None:
