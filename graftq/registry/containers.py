@@ -10,8 +10,11 @@ walk through here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any
+
+from pydantic import BaseModel
 
 from graftq.errors import InvalidEntity
 
@@ -72,3 +75,40 @@ def rebuild_tuple(kind: type[tuple[Any, ...]], items: list[Any]) -> tuple[Any, .
     if hasattr(kind, "_fields"):
         return kind(*items)
     return kind(items)
+
+
+def same(left: Any, right: Any) -> bool:
+    """Equal values of exactly the same types, all the way down.
+
+    Stricter than ``==``, which calls ``True == 1 == 1.0`` and ``-0.0 == 0.0`` (values
+    that read back differently) equal, and NaN unequal to itself (which reads back the same).
+    Dict key order does not count, as with ``==``.
+    """
+    stack = [(left, right)]
+    while stack:
+        a, b = stack.pop()
+        if type(a) is not type(b):
+            return False
+        if isinstance(a, dict):
+            if a.keys() != b.keys():
+                return False
+            stack.extend((a[key], b[key]) for key in a)
+        elif isinstance(a, list | tuple):
+            if len(a) != len(b):
+                return False
+            stack.extend(zip(a, b, strict=True))
+        elif isinstance(a, BaseModel):
+            stack.append((a.__dict__, b.__dict__))
+            stack.append((a.__pydantic_extra__, b.__pydantic_extra__))
+        elif isinstance(a, float):
+            if not _same_float(a, b):
+                return False
+        elif a != b:
+            return False
+    return True
+
+
+def _same_float(a: float, b: float) -> bool:
+    if math.isnan(a):
+        return math.isnan(b)
+    return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)

@@ -16,6 +16,7 @@ from uuid import uuid4
 import pydantic_core
 
 from graftq.errors import InvalidEntity
+from graftq.registry import containers
 from graftq.registry.tree import Node, encode, nodes, own_data
 
 
@@ -92,10 +93,10 @@ def _version_of(
     ecs_id = str(entity.ecs_id)
     seen = content.setdefault(ecs_id, [])
     for earlier in seen:
-        if earlier.key == key:  # the same content again
+        if _same_content(earlier.key, key):  # the same content again
             return earlier.version
     old = result.docs.get(ecs_id)
-    if old is not None and (old["type"], old["data"], old["kids"]) == key:
+    if old is not None and _same_content((old["type"], old["data"], old["kids"]), key):
         seen.append(_Seen(key, ecs_id, new=False))
         return ecs_id
     if any(earlier.new for earlier in seen):
@@ -109,6 +110,22 @@ def _version_of(
     result.docs[version.ecs_id] = version.doc
     seen.append(_Seen(key, version.ecs_id, new=True))
     return version.ecs_id
+
+
+def _same_content(stored: tuple[Any, ...], given: tuple[Any, ...]) -> bool:
+    """Whether two (type, data, kids) keys are one content.
+
+    Not `==` on the data: it calls ``1``, ``1.0`` and ``True`` equal (an edit between them
+    was dropped) and NaN unequal to itself (an unchanged entity got a new version). Equal
+    JSON text decides at Rust speed; only text that differs while `==` holds (another
+    dict key order, or such a type change) takes the typed walk.
+    """
+    if stored[0] != given[0] or stored[2] != given[2]:
+        return False
+    old, new = stored[1], given[1]
+    if pydantic_core.to_json(old) == pydantic_core.to_json(new):
+        return True
+    return bool(old == new) and containers.same(old, new)
 
 
 def _new_version(

@@ -210,7 +210,7 @@ def _check_round_trip(
     except pydantic.ValidationError as exc:
         failing = sorted({str(error["loc"][0]) for error in exc.errors() if error["loc"]})
         raise InvalidInput(_lost(failing or names, given, "does not validate")) from None
-    lost = [name for name in names if not same(expected.get(name), arrives.get(name))]
+    lost = [name for name in names if not containers.same(expected.get(name), arrives.get(name))]
     if lost:
         details = ", ".join(f"{type(arrives.get(n)).__name__}" for n in lost)
         raise InvalidInput(_lost(lost, given, f"arrives as {details}"))
@@ -223,29 +223,3 @@ def _lost(names: list[str], given: Mapping[str, Any], what: str) -> str:
         f"{what}; pass JSON types (dict, list, str, int, float, bool, None) or annotate "
         "the parameter with the type you pass (e.g. set[int], datetime)"
     )
-
-
-def same(left: Any, right: Any) -> bool:
-    """Equal values of exactly the same types, all the way down (NaN equals NaN)."""
-    stack = [(left, right)]
-    while stack:
-        a, b = stack.pop()
-        if type(a) is not type(b):
-            return False
-        if isinstance(a, dict):
-            if a.keys() != b.keys():
-                return False
-            stack.extend((a[key], b[key]) for key in a)
-        elif isinstance(a, list | tuple):
-            if len(a) != len(b):
-                return False
-            stack.extend(zip(a, b, strict=True))
-        elif isinstance(a, BaseModel):
-            stack.append((a.__dict__, b.__dict__))
-            stack.append((a.__pydantic_extra__, b.__pydantic_extra__))
-        elif isinstance(a, float):
-            if not (a == b or (math.isnan(a) and math.isnan(b))):
-                return False
-        elif a != b:
-            return False
-    return True

@@ -116,6 +116,13 @@ class Computed(Entity):
         return self.a * 2
 
 
+class Gauge(Entity):
+    """Floats as pydantic stores them: NaN and infinities included (allow_inf_nan)."""
+
+    value: float
+    values: list[float] = []
+
+
 class Blob(Entity):
     """bytes in pydantic's default JSON form, UTF-8 text: only UTF-8 bytes can be stored."""
 

@@ -12,7 +12,7 @@ from graftq.errors import InvalidEntity, VersionConflict
 from graftq.registry.store import EntityRegistry
 from tests.apps.school import Address, Student
 from tests.entities import ids, strip
-from tests.integration.registry.models import Color, Numbers, Strict, StrictFields
+from tests.integration.registry.models import Box, Color, Gauge, Numbers, Strict, StrictFields
 from tests.redis_state import snapshot
 
 
@@ -118,6 +118,17 @@ def test_an_unchanged_set_is_no_change_whatever_order_it_iterates_in(
     assert snapshot(redis_client) == before
 
 
+def test_an_unchanged_nan_is_no_change(reg: EntityRegistry, redis_client: redis.Redis) -> None:
+    """NaN is not equal to itself, so comparing documents with == saw every NaN as an edit."""
+    stored = reg.put(Gauge(value=float("nan"), values=[1.5, float("nan"), float("inf")]))
+    before = snapshot(redis_client)
+
+    again = reg.put(reg.get(stored.ecs_id))
+
+    assert again.ecs_id == stored.ecs_id
+    assert snapshot(redis_client) == before
+
+
 def test_identity_fields_alone_are_not_a_change(
     reg: EntityRegistry, redis_client: redis.Redis
 ) -> None:
@@ -197,6 +208,31 @@ def test_each_kind_of_own_field_edit_is_a_change(reg: EntityRegistry, edit) -> N
     assert v2.address is not None and v1.address is not None
     assert v2.address.ecs_id == v1.address.ecs_id
     assert ids(v2.friends) == ids(v1.friends)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        pytest.param(1, True, id="int-to-bool"),
+        pytest.param(0, False, id="int-to-false"),
+        pytest.param(1, 1.0, id="int-to-float"),
+        pytest.param(0.0, -0.0, id="zero-to-negative-zero"),
+        pytest.param({"k": [1]}, {"k": [1.0]}, id="nested-int-to-float"),
+    ],
+)
+def test_a_value_equal_under_double_equals_but_of_another_type_is_a_change(
+    reg: EntityRegistry, old: object, new: object
+) -> None:
+    """True == 1 == 1.0 and -0.0 == 0.0 in Python, but they are different values that
+    read back differently: an edit between them was dropped, the old value kept."""
+    v1 = reg.put(Box(content=old))
+    edit = reg.get(v1.ecs_id)
+    edit.content = new
+    v2 = reg.put(edit)
+
+    assert v2.ecs_id != v1.ecs_id
+    for read in (v2, reg.head(v1.lineage_id)):
+        assert repr(read.content) == repr(new)
 
 
 # -- stale put --------------------------------------------------------------------
