@@ -7,8 +7,8 @@ is stored, enqueued or run:
 * nesting deeper than `MAX_DEPTH` containers (dicts, lists, tuples, sets,
   models) inside one parameter — counted without recursion, so a hostile input
   cannot make the check itself overflow the stack;
-* a value with no JSON form (`object()`, non-UTF-8 `bytes`, NaN or infinity,
-  a dict key that is not a str or int);
+* a value with no JSON form (`object()`, non-UTF-8 `bytes`, a str with a lone
+  surrogate, NaN or infinity, a dict key that is not a str or int);
 * a dict whose keys are exactly ``__type__`` and ``__value__``: kombu's JSON
   reserves that shape for the types it smuggles through, so it would arrive as
   something else;
@@ -109,6 +109,8 @@ def _json_form(value: Any, where: str, changed: list[str]) -> Any:
         return value
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidInput(f"parameter {where!r}: {value} has no JSON form")
+    if type(value) is str and not value.isascii():  # isascii is O(1): ASCII is UTF-8
+        _check_utf8(value, where)
     if type(value) in _PLAIN:
         return value
     if type(value) not in (dict, list):
@@ -180,8 +182,22 @@ def _validation_key(model: BaseModel, name: str, field: FieldInfo) -> str:
     return name
 
 
+def _check_utf8(text: str, where: str) -> None:
+    """A str with a lone surrogate (from ``surrogateescape``, or JSON's ``"\\ud800"``) has
+    no UTF-8 form: neither the Execution record nor a stored version could hold it."""
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(
+            f"parameter {where!r}: the str {text!r:.80} holds the lone surrogate "
+            f"{text[exc.start]!r} at index {exc.start}, which has no UTF-8 form"
+        ) from None
+
+
 def _key(key: Any, where: str, changed: list[str]) -> str:
     if isinstance(key, str):
+        if not key.isascii():
+            _check_utf8(key, where)
         return key
     if isinstance(key, int) and not isinstance(key, bool):
         changed.append(where)

@@ -51,6 +51,11 @@ NOT_CARRIED: list[tuple[str, Any]] = [
     ("tuple dict key", {(1, 2): "pair"}),
     ("nested set", {"a": [{"b": {3}}]}),
     ("kombu envelope", {"__type__": "uuid", "__value__": {"hex": "0" * 32}}),
+    # A lone surrogate is a str but no UTF-8: it ran the body, then failed writing the
+    # Execution record with pydantic's serialization error, and left no record.
+    ("lone surrogate", "caf\ud800"),
+    ("lone surrogate in a list", ["ok", "\udfff"]),
+    ("lone surrogate dict key", {"\ud83d": 1}),
 ]
 
 
