@@ -9,7 +9,7 @@ a tag, a dict whose key ``"\\x00"`` names the kind::
 
     {"\\x00": "model", "c": class, "v": {"d": fields, "s": set, "x": extra, "p": private}}
     {"\\x00": "tuple" | "set" | "frozenset", "v": [...]}     (a named tuple adds "c")
-    {"\\x00": "dict", "v": [[key, value], ...]}               (non-str or "\\x00..." keys)
+    {"\\x00": "dict", "v": [[key, value], ...]}   (keys not str, not UTF-8 or "\\x00...")
     {"\\x00": "enum", "c": class, "v": value}
     {"\\x00": "datetime" | "date" | "time" | "uuid" | "decimal" | "path" | "float", "v": str}
     {"\\x00": "timedelta", "v": [days, seconds, microseconds]}
@@ -118,6 +118,8 @@ class _Encoder:
 
     def encode(self, value: Any) -> Any:
         kind = type(value)
+        if kind is str and not value.isascii():  # isascii is O(1): only other text is checked
+            return self._text(value)
         if kind in _JSON_SCALARS or (kind is float and value - value == 0):
             return value
         if kind is list:
@@ -144,8 +146,20 @@ class _Encoder:
         self._walking.discard(id(container))
         return encoded
 
+    def _text(self, value: str) -> Any:
+        """A str that is not ASCII: itself, unless a lone surrogate leaves it no UTF-8 form
+        (JSON text is UTF-8: the record could not be written)."""
+        if _utf8(value):
+            return value
+        at = next(i for i, char in enumerate(value) if "\ud800" <= char <= "\udfff")
+        surrogate = EncodingError(
+            f"the str {value!r:.80} holds the lone surrogate {value[at]!r} at index {at}, "
+            "which has no UTF-8 form"
+        )
+        return self._untyped(value, surrogate)
+
     def _dict(self, value: dict[Any, Any]) -> Any:
-        if all(type(key) is str and not key.startswith(TAG) for key in value):
+        if all(type(key) is str and not key.startswith(TAG) and _utf8(key) for key in value):
             return {key: self.encode(item) for key, item in value.items()}
         return _tag("dict", [[self.encode(k), self.encode(v)] for k, v in value.items()])
 
@@ -179,7 +193,7 @@ class _Encoder:
             kind = "set" if isinstance(value, set) else "frozenset"
             return self._inside(value, lambda: _tag(kind, [self.encode(item) for item in value]))
         if isinstance(value, str | int):  # a subclass of a JSON scalar: keep the value
-            return str(value) if isinstance(value, str) else int(value)
+            return self.encode(str(value)) if isinstance(value, str) else int(value)
         if isinstance(value, pathlib.PurePath):
             return _tag("path", str(value))
         for cls in type(value).__mro__:
@@ -201,6 +215,18 @@ class _Encoder:
             raise EncodingError(
                 f"cannot carry a {type(value).__name__} value back from the isolated child: {exc}"
             ) from exc
+
+
+def _utf8(text: str) -> bool:
+    """Whether `text` has a UTF-8 form (no lone surrogate); a key without one goes the
+    tagged way, where `_Encoder._text` names it."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _by_pydantic(value: Any) -> dict[str, Any]:
