@@ -103,8 +103,13 @@ def carried(
     return form
 
 
-def _json_form(value: Any, where: str, changed: list[str]) -> Any:
-    """`value` as JSON data; `changed` gets `where` if that differs from the value."""
+def _json_form(value: Any, where: str, changed: list[str], literal: bool = False) -> Any:
+    """`value` as JSON data; `changed` gets `where` if that differs from the value.
+
+    References are strs the caller wrote in the input's dicts and lists (SPEC 4). A str
+    inside any other value (a model's field, a dataclass) is `literal`: its JSON form
+    escapes a leading "@", so it arrives as that str, never read as a reference.
+    """
     if isinstance(value, Entity):
         return value
     if isinstance(value, float) and not math.isfinite(value):
@@ -112,7 +117,7 @@ def _json_form(value: Any, where: str, changed: list[str]) -> Any:
     if type(value) is str and not value.isascii():  # isascii is O(1): ASCII is UTF-8
         _check_utf8(value, where)
     if type(value) in _PLAIN:
-        return value
+        return _literal(value) if literal else value
     if type(value) not in (dict, list):
         changed.append(where)  # a tuple arrives a list, a subclass (IntEnum, ...) its base
     if isinstance(value, dict):
@@ -121,18 +126,29 @@ def _json_form(value: Any, where: str, changed: list[str]) -> Any:
                 f"parameter {where!r}: a dict with exactly the keys __type__ and __value__ "
                 "is reserved by the broker's JSON (it would arrive decoded as another type)"
             )
-        return {_key(k, where, changed): _json_form(v, where, changed) for k, v in value.items()}
+        return {
+            _key(k, where, changed): _json_form(v, where, changed, literal)
+            for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
-        return [_json_form(item, where, changed) for item in value]
+        return [_json_form(item, where, changed, literal) for item in value]
     if isinstance(value, BaseModel) and (_custom_form(value) is None or _holds_entity(value)):
         return _model_form(value, where, changed)
     try:
-        return pydantic_core.to_jsonable_python(value)
+        form = pydantic_core.to_jsonable_python(value)
     except (pydantic_core.PydanticSerializationError, ValueError, TypeError) as exc:
         raise InvalidInput(
             f"parameter {where!r}: a {type(value).__name__} value has no JSON form ({exc}); "
             "a job's input must travel as JSON"
         ) from None
+    return containers.map_leaves(form, _literal)
+
+
+def _literal(leaf: Any) -> Any:
+    """A str as a literal in the input: one starting with "@" escaped as "@@"."""
+    if type(leaf) is str and leaf.startswith("@"):
+        return "@" + leaf
+    return leaf
 
 
 def _model_form(model: BaseModel, where: str, changed: list[str]) -> dict[str, Any]:
@@ -147,7 +163,7 @@ def _model_form(model: BaseModel, where: str, changed: list[str]) -> dict[str, A
         item = getattr(model, name)
         key = _validation_key(model, name, field)
         if any(isinstance(leaf, BaseModel) for _, leaf in containers.leaves(item)):
-            form[key] = _json_form(item, where, changed)
+            form[key] = _json_form(item, where, changed, literal=True)
             continue
         try:
             dumped = pydantic_core.to_jsonable_python(model, include={name}, by_alias=False)
@@ -157,9 +173,11 @@ def _model_form(model: BaseModel, where: str, changed: list[str]) -> dict[str, A
                 f"form ({exc}); a job's input must travel as JSON"
             ) from None
         if name in dumped:  # not left out by Field(exclude=True)
-            form[key] = dumped[name]
+            form[key] = containers.map_leaves(dumped[name], _literal)
     extra = model.__pydantic_extra__ or {}
-    return form | {key: _json_form(item, where, changed) for key, item in extra.items()}
+    return form | {
+        key: _json_form(item, where, changed, literal=True) for key, item in extra.items()
+    }
 
 
 def _custom_form(model: BaseModel) -> Any:

@@ -456,7 +456,19 @@ def enrolment_app() -> App:
         enrolment.student.major = enrolment.course
         return enrolment.student
 
+    @app.register
+    def memo_texts(memo: Memo) -> list[str]:
+        return [memo.text, *memo.tags, *memo.meta.values(), *(memo.model_extra or {}).values()]
+
     return app
+
+
+class Memo(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="allow")
+
+    text: str
+    tags: list[str] = []
+    meta: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("changed", [False, True])
@@ -479,6 +491,25 @@ def test_entity_inside_a_model_input_is_stored_and_passed_by_version(
     assert store.get(read).age == (50 if changed else 20)
     assert store.get(read).parent_id == (stored.ecs_id if changed else None)
     assert given.age == (50 if changed else 20) and given.major == "math"
+
+
+TEXTS = ["@physics", "@@physics", "@" + "0" * 32, "@"]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_a_str_starting_with_at_inside_a_model_input_is_that_str(
+    make_school: Callable[..., App], store: EntityRegistry, text: str
+) -> None:
+    """References are strings in the input's dicts and lists (SPEC 4), never a plain
+    model's field values: those were read as references — "@physics" an InvalidReference,
+    "@@physics" silently "@physics", "@<uuid>" whatever that uuid named."""
+    app = make_school(make=enrolment_app)
+    given = Memo(text=text, tags=[text], meta={"k": text}, more=text)
+
+    assert app.execute("memo_texts", {"memo": given}) == [text] * 4
+    student = put_student(store)
+    new = app.execute("enrol", {"enrolment": Enrolment(student=student, course=text)})
+    assert new.major == text
 
 
 class ByValidationAlias(pydantic.BaseModel):
