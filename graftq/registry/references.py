@@ -240,9 +240,11 @@ def _step(value: Any, segment: str, context: str) -> Any:
         return getattr(value, segment)
     if isinstance(value, dict):
         if segment not in value:
-            keys = ", ".join(_shown(str(key)) for key in itertools.islice(value, _KEYS_SHOWN))
+            keys = ", ".join(_key_shown(key) for key in itertools.islice(value, _KEYS_SHOWN))
             more = f" and {len(value) - _KEYS_SHOWN} more" if len(value) > _KEYS_SHOWN else ""
             shown = keys + more if value else "(empty dict)"
+            if any(not isinstance(key, str) for key in value):
+                shown += "; a reference reaches only str keys"
             raise InvalidReference(f"{context}: no key {_shown(segment)}; keys: {shown}")
         return value[segment]
     if isinstance(value, list | tuple):
@@ -262,6 +264,13 @@ def _step(value: Any, segment: str, context: str) -> Any:
 
 _SHOWN = 80  # characters of a reference or segment a message quotes
 _KEYS_SHOWN = 20  # dict keys a message lists
+
+
+def _key_shown(key: object) -> str:
+    """A dict key for a message: a str quoted, any other with its type (int 1 is not '1')."""
+    if isinstance(key, str):
+        return _shown(key)
+    return f"{str(key)[:_SHOWN]} ({type(key).__name__})"
 
 
 def _shown(text: str) -> str:

@@ -306,6 +306,22 @@ def test_entities_resolve_errors(store: EntityRegistry) -> None:
         store.resolve(f"@{uuid.uuid4()}")
 
 
+class Scores(Entity):
+    by_round: dict[int, str] = {}
+
+
+def test_a_non_str_dict_key_is_named_as_what_it_is(store: EntityRegistry) -> None:
+    """Only str keys can be addressed (docs/decisions.md); the message listed int key 1
+    as '1', the very segment it said was missing."""
+    scores = store.put(Scores(by_round={1: "gold"}))
+
+    with pytest.raises(InvalidReference) as raised:
+        store.resolve(f"@{scores.ecs_id}.by_round.1")
+
+    message = str(raised.value)
+    assert "keys: 1 (int)" in message and "only str keys" in message
+
+
 # -- round trips ---------------------------------------------------------------------------
 
 
