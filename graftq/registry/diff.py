@@ -17,7 +17,7 @@ import pydantic_core
 
 from graftq.errors import InvalidEntity
 from graftq.registry import containers
-from graftq.registry.tree import Node, encode, nodes, own_data
+from graftq.registry.tree import READ_DEPTH, Node, encode, nodes, own_data, too_deep
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,18 @@ def _new_version(
         raise InvalidEntity(
             f"{type_name} {ecs_id}: its data cannot be stored as JSON text: {exc}"
         ) from None
+    if text.count("[") + text.count("{") > READ_DEPTH:  # fewer brackets cannot nest deeper
+        _check_readable(text, type_name, ecs_id)
     return Version(new_id, lineage, parent, doc, text)
+
+
+def _check_readable(text: str, type_name: str, ecs_id: str) -> None:
+    """A document pydantic's JSON parser reads back (it stops at 200 levels of nesting, and
+    a stored version must always be readable: SPEC section 3), else `InvalidEntity`."""
+    try:
+        pydantic_core.from_json(text)
+    except ValueError as exc:
+        raise InvalidEntity(too_deep(type_name, ecs_id, exc)) from None
 
 
 def _expect(result: Plan, lineage_id: str, parent_id: str | None) -> None:

@@ -28,6 +28,9 @@ from graftq.registry.containers import dotted
 from graftq.registry.entity import IDENTITY_FIELDS, Entity, entity_class, schema_nodes
 
 T = TypeVar("T")
+# Levels of nesting a version document may have: pydantic's JSON parser reads no deeper
+# than 200 (its serializer writes deeper, up to about 255), and the document adds its own.
+READ_DEPTH = 190
 PathPart = str | int
 Path = tuple[PathPart, ...]
 
@@ -142,6 +145,10 @@ def own_data(entity: Entity, kid_paths: list[Path]) -> dict[str, Any]:
         )
     except UnicodeDecodeError:
         raise InvalidEntity(_not_utf8_message(entity)) from None
+    except pydantic_core.PydanticSerializationError:  # a serializer's own error: as it is
+        raise
+    except ValueError as exc:  # pydantic's plain "Maximum serialization depth exceeded"
+        raise InvalidEntity(too_deep(type(entity).graftq_type, str(entity.ecs_id), exc)) from None
     if not _may_hold_sets(type(entity)):  # most classes: no walk (it costs ≈ 4 µs a node)
         return data
     return typing.cast(dict[str, Any], _sorted_sets(entity, data))
@@ -181,6 +188,13 @@ def _sorted_sets(value: Any, dumped: Any) -> Any:
             for key, d in dumped.items()
         }
     return dumped
+
+
+def too_deep(type_name: str, ecs_id: str, exc: Exception) -> str:
+    return (
+        f"{type_name} {ecs_id}: its data nests too deep to be stored and read back as JSON "
+        f"(about {READ_DEPTH} levels at most): {exc}"
+    )
 
 
 def _not_utf8_message(entity: Entity) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -150,6 +151,28 @@ def test_unchanged_stale_put_returns_that_version_without_conflict(
     before = snapshot(redis_client)
 
     assert reg.put(v1).model_dump() == v1.model_dump()
+    assert snapshot(redis_client) == before
+
+
+def nested_lists(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_data_nested_deeper_than_the_json_parser_reads_is_refused(
+    reg: EntityRegistry, redis_client: redis.Redis
+) -> None:
+    """SPEC 3: a stored version can always be read back. Data nested 200 deep was written,
+    then every read of it was a CorruptVersion: pydantic's JSON parser stops at 200 levels."""
+    readable = reg.put(Box(content=nested_lists(150)))
+    assert reg.get(readable.ecs_id).content == nested_lists(150)
+    before = snapshot(redis_client)
+
+    for depth in (200, 240):
+        with pytest.raises(InvalidEntity, match=r"Box .*nest"):
+            reg.put(Box(content=nested_lists(depth)))
     assert snapshot(redis_client) == before
 
 
