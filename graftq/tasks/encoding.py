@@ -24,8 +24,10 @@ value is the one that was returned. Any other value (a dataclass, an `IPv4Addres
 a `complex`, a `deque`...) is carried by a pydantic `TypeAdapter` of its own class,
 dumped as JSON and validated back, if that gives an equal value of the same class
 and holds no entity (an entity there would not be committed). A value with no
-typed form, and a list, dict, tuple or set inside itself (only models may form
-cycles), is an `EncodingError`, except across the fork, where it is pickled.
+typed form, a list, dict, tuple or set inside itself (only models may form
+cycles), and a value whose typed JSON would nest deeper than `READ_DEPTH` (a record
+pydantic's parser could not read back), is an `EncodingError`, except across the fork,
+where it is pickled.
 Classes are named by module and qualified name (Entity subclasses by their
 ``graftq_type``) and found only among classes this process defines: a name never
 imports or calls anything else.
@@ -55,6 +57,7 @@ from pydantic_core import PydanticUndefined
 from graftq.errors import GraftError
 from graftq.registry import containers
 from graftq.registry.entity import Entity, entity_class, entity_classes
+from graftq.registry.tree import READ_DEPTH
 
 TAG = "\x00"
 _SCALARS: dict[type, tuple[str, Callable[[Any], Any], Callable[[Any], Any]]] = {
@@ -97,7 +100,10 @@ def encode(value: Any, *, entity: EntityHook | None = None, pickles: bool = Fals
     `entity`, if given, replaces each entity not inside another entity (its result
     is used as is); `pickles` lets values with no typed form travel by cloudpickle.
     """
-    return _Encoder(entity, pickles).encode(value)
+    try:
+        return _Encoder(entity, pickles).encode(value)
+    except RecursionError:  # deeper than Python's stack, before READ_DEPTH was even reached
+        raise EncodingError(_too_deep(value)) from None
 
 
 def decode(data: Any, *, outputs: list[Entity] | None = None, pickles: bool = False) -> Any:
@@ -115,6 +121,7 @@ class _Encoder:
         self._pickles = pickles
         self._models: dict[int, int] = {}  # id(model) -> its number, so sharing survives
         self._walking: set[int] = set()  # ids of the containers whose items are being encoded
+        self._levels = 0  # JSON nesting of what is being encoded: it must parse back
 
     def encode(self, value: Any) -> Any:
         kind = type(value)
@@ -125,24 +132,36 @@ class _Encoder:
         if kind is list:
             return self._inside(value, lambda: [self.encode(item) for item in value])
         if kind is dict:
-            return self._inside(value, lambda: self._dict(value))
+            if all(type(key) is str and not key.startswith(TAG) and _utf8(key) for key in value):
+                return self._inside(value, lambda: {k: self.encode(v) for k, v in value.items()})
+            return self._inside(value, lambda: self._tagged_dict(value), levels=3)
         if isinstance(value, BaseModel):
             if self._entity is not None and isinstance(value, Entity):
                 return self._entity(value)
-            return self._model(value)
+            if id(value) in self._models:  # the same object again (or a cycle): point back
+                return {TAG: "same", "i": self._models[id(value)]}
+            return self._inside(value, lambda: self._model(value), levels=3)
         return self._other(value)
 
-    def _inside(self, container: Any, encode: Callable[[], Any]) -> Any:
-        """`encode()` of a container's items; a container inside itself has no typed form
-        (a model may hold itself, a plain container may not: SPEC section 2)."""
+    def _inside(self, container: Any, encode: Callable[[], Any], levels: int = 1) -> Any:
+        """`encode()` of a container's items, which its typed JSON puts `levels` deeper.
+
+        A container inside itself has no typed form (a model may hold itself, a plain
+        container may not: SPEC section 2), nor one nested deeper than `READ_DEPTH`
+        levels of JSON: pydantic's parser could not read its record back.
+        """
         if id(container) in self._walking:
             cycle = EncodingError(
                 f"a {type(container).__name__} contains itself, where [...] or {{...}} "
                 f"shows: {container!r:.300}"
             )
             return self._untyped(container, cycle)
+        if self._levels + levels > READ_DEPTH:
+            return self._untyped(container, EncodingError(_too_deep(container)))
         self._walking.add(id(container))
+        self._levels += levels
         encoded = encode()
+        self._levels -= levels
         self._walking.discard(id(container))
         return encoded
 
@@ -158,10 +177,11 @@ class _Encoder:
         )
         return self._untyped(value, surrogate)
 
-    def _dict(self, value: dict[Any, Any]) -> Any:
-        if all(type(key) is str and not key.startswith(TAG) and _utf8(key) for key in value):
-            return {key: self.encode(item) for key, item in value.items()}
+    def _tagged_dict(self, value: dict[Any, Any]) -> Any:
         return _tag("dict", [[self.encode(k), self.encode(v)] for k, v in value.items()])
+
+    def _tagged(self, kind: str, items: Any) -> Any:
+        return _tag(kind, [self.encode(item) for item in items])
 
     def _tuple(self, value: tuple[Any, ...]) -> Any:
         tagged = _tag("tuple", [self.encode(item) for item in value])
@@ -170,8 +190,6 @@ class _Encoder:
         return tagged
 
     def _model(self, model: BaseModel) -> Any:
-        if id(model) in self._models:  # the same object again (or a cycle): point back at it
-            return {TAG: "same", "i": self._models[id(model)]}
         self._models[id(model)] = len(self._models)
         state = model.__getstate__()
         encoded = {
@@ -188,10 +206,10 @@ class _Encoder:
         if isinstance(value, enum.Enum):
             return {TAG: "enum", "c": class_name(type(value)), "v": self.encode(value.value)}
         if isinstance(value, tuple):
-            return self._inside(value, lambda: self._tuple(value))
+            return self._inside(value, lambda: self._tuple(value), levels=2)
         if isinstance(value, set | frozenset):
             kind = "set" if isinstance(value, set) else "frozenset"
-            return self._inside(value, lambda: _tag(kind, [self.encode(item) for item in value]))
+            return self._inside(value, lambda: self._tagged(kind, value), levels=2)
         if isinstance(value, str | int):  # a subclass of a JSON scalar: keep the value
             return self.encode(str(value)) if isinstance(value, str) else int(value)
         if isinstance(value, pathlib.PurePath):
@@ -215,6 +233,13 @@ class _Encoder:
             raise EncodingError(
                 f"cannot carry a {type(value).__name__} value back from the isolated child: {exc}"
             ) from exc
+
+
+def _too_deep(value: Any) -> str:
+    return (
+        f"a {type(value).__name__} nests too deep to be recorded: its typed JSON would pass "
+        f"{READ_DEPTH} levels, deeper than pydantic's JSON parser reads back"
+    )
 
 
 def _utf8(text: str) -> bool:

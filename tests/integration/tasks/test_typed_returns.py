@@ -15,6 +15,7 @@ import ipaddress
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,50 @@ def test_a_container_inside_itself_is_a_return_type_error_committing_nothing(
         app.execute(name, {"n": 1})
 
     only_a_failure_record(redis_client, before, "ReturnTypeError")
+
+
+def nested(depth: int, wrap: Callable[[Any], Any]) -> Any:
+    value: Any = []
+    for _ in range(depth - 1):
+        value = wrap(value)
+    return value
+
+
+WRAPS: dict[str, Callable[[Any], Any]] = {
+    "list": lambda v: [v],
+    "tuple": lambda v: (v,),
+    "model": lambda v: Shape(corner=Point(0), extras={"v": v}),
+}
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+@pytest.mark.parametrize("kind", sorted(WRAPS))
+def test_a_value_nested_too_deep_to_record_is_a_return_type_error(
+    app: App, store: EntityRegistry, redis_client: redis.Redis, kind: str, isolation: str
+) -> None:
+    """Its record could not be read back (pydantic's JSON parser stops at 200 levels): a
+    list 230 deep crossed no fork (ValueError), came back inline, and was then recorded
+    where no Job.get could read it; 300 deep was a RecursionError."""
+    for depth in (230, 300, 1000):
+        name = register_returning(app, nested(depth, WRAPS[kind]), Any, isolation)
+        before = snapshot(redis_client)
+
+        with pytest.raises(ReturnTypeError, match="deep"):
+            app.execute(name, {"n": 1})
+
+        only_a_failure_record(redis_client, before, "ReturnTypeError")
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_a_value_nested_as_deep_as_can_be_recorded_comes_back(
+    app: App, store: EntityRegistry, isolation: str
+) -> None:
+    value = nested(40, WRAPS["model"])  # 4 levels of JSON each
+    name = register_returning(app, value, Any, isolation)
+
+    assert app.execute(name, {"n": 1}) == value
+    execution = recorded(store)
+    assert results.replay(store, execution.result, execution.outputs) == value
 
 
 SCRIPT = """
