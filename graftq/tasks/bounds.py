@@ -117,7 +117,7 @@ def _json_form(value: Any, where: str, changed: list[str], literal: bool = False
     if type(value) is str and not value.isascii():  # isascii is O(1): ASCII is UTF-8
         _check_utf8(value, where)
     if type(value) in _PLAIN:
-        return _literal(value) if literal else value
+        return _literal(value, where) if literal else value
     if type(value) not in (dict, list):
         changed.append(where)  # a tuple arrives a list, a subclass (IntEnum, ...) its base
     if isinstance(value, dict):
@@ -141,14 +141,17 @@ def _json_form(value: Any, where: str, changed: list[str], literal: bool = False
             f"parameter {where!r}: a {type(value).__name__} value has no JSON form ({exc}); "
             "a job's input must travel as JSON"
         ) from None
-    return containers.map_leaves(form, _literal)
+    return containers.map_leaves(form, lambda leaf: _literal(leaf, where))
 
 
-def _literal(leaf: Any) -> Any:
-    """A str as a literal in the input: one starting with "@" escaped as "@@"."""
-    if type(leaf) is str and leaf.startswith("@"):
-        return "@" + leaf
-    return leaf
+def _literal(leaf: Any, where: str) -> Any:
+    """A str as a literal in the input: one starting with "@" escaped as "@@" (and, being
+    dumped by pydantic rather than walked by `_json_form`, checked for UTF-8 here)."""
+    if type(leaf) is not str:
+        return leaf
+    if not leaf.isascii():
+        _check_utf8(leaf, where)
+    return "@" + leaf if leaf.startswith("@") else leaf
 
 
 def _model_form(model: BaseModel, where: str, changed: list[str]) -> dict[str, Any]:
@@ -173,7 +176,7 @@ def _model_form(model: BaseModel, where: str, changed: list[str]) -> dict[str, A
                 f"form ({exc}); a job's input must travel as JSON"
             ) from None
         if name in dumped:  # not left out by Field(exclude=True)
-            form[key] = containers.map_leaves(dumped[name], _literal)
+            form[key] = containers.map_leaves(dumped[name], lambda leaf: _literal(leaf, where))
     extra = model.__pydantic_extra__ or {}
     return form | {
         key: _json_form(item, where, changed, literal=True) for key, item in extra.items()

@@ -20,6 +20,7 @@ from graftq import (
     Execution,
     ExecutionStatus,
     InvalidEntity,
+    InvalidInput,
     UnknownCallable,
 )
 from tests.apps.school import Counter, GraduateStudent, Student
@@ -510,6 +511,19 @@ def test_a_str_starting_with_at_inside_a_model_input_is_that_str(
     student = put_student(store)
     new = app.execute("enrol", {"enrolment": Enrolment(student=student, course=text)})
     assert new.major == text
+
+
+def test_a_lone_surrogate_inside_a_model_input_is_invalid_input(
+    make_school: Callable[..., App], store: EntityRegistry
+) -> None:
+    """A model's fields are dumped by pydantic, not walked by the input bounds: a lone
+    surrogate there ran the body and then failed writing the Execution record."""
+    app = make_school(make=enrolment_app)
+    before = snapshot(store.client)
+
+    with pytest.raises(InvalidInput, match="surrogate"):
+        app.execute("memo_texts", {"memo": Memo(text="caf\ud800")})
+    assert snapshot(store.client) == before
 
 
 class ByValidationAlias(pydantic.BaseModel):
