@@ -43,6 +43,7 @@ from graftq.tasks.isolation.process import (
     Frame,
     Prctl,
     complete,
+    describe,
     flush_std,
     kill_tree,
     libc_prctl,
@@ -145,13 +146,7 @@ class _Child:
     def describe(self) -> str:
         if self.status is None:
             return "vanished (reaped elsewhere, exit status unknown)"
-        if os.WIFSIGNALED(self.status):
-            number = os.WTERMSIG(self.status)
-            try:
-                return f"was killed by signal {signal.Signals(number).name}"
-            except ValueError:
-                return f"was killed by signal {number}"
-        return f"exited with status {os.WEXITSTATUS(self.status)}"
+        return describe(self.status)
 
 
 def _collect(fd: int, pid: int, deadline: float | None) -> bytearray | None:

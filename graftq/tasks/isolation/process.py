@@ -47,6 +47,22 @@ _RESET_SIGNALS = (
 )  # fmt: skip
 
 
+def describe(status: int) -> str:
+    """How a child ended, from its wait status, in words for an error message."""
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        with contextlib.suppress(ValueError):
+            return f"was killed by signal {signal.Signals(number).name}"
+        return f"was killed by signal {number}"
+    code = os.WEXITSTATUS(status)
+    if code == EXIT_FAILED:  # ours: the child could not write its answer
+        return (
+            f"exited with status {code}: it could not send its answer (did the call close "
+            "or replace the file descriptors it inherited?)"
+        )
+    return f"exited with status {code}"
+
+
 def complete(buf: bytearray) -> bool:
     return len(buf) >= HEADER.size and len(buf) >= HEADER.size + HEADER.unpack_from(buf)[1]
 

@@ -155,7 +155,8 @@ class Zygote:
                 raise TimeLimitExceeded(
                     f"{where} exceeded its time limit of {time_limit}s and was stopped"
                 )
-            raise IsolationError(f"{where} {_describe(outcome.status)} before sending a result")
+            ended = process.describe(outcome.status)
+            raise IsolationError(f"{where} {ended} before sending a result")
         kind, payload = outcome
         if kind == process.RESULT:
             return encoding.loads(payload, pickles=True)  # from our own child
@@ -243,7 +244,7 @@ class Zygote:
                     raise self._stopped(
                         f"was stopped: {idle_deaths + resent + 1} of its children in a row "
                         f"died before taking a call (the last, pid {status.pid}, "
-                        f"{_describe(status.status)})"
+                        f"{process.describe(status.status)})"
                     )
                 # the child may have written just before it ended: all it wrote is here now
                 frame = self._last_frame()
@@ -294,7 +295,7 @@ class Zygote:
         reap it and what its call left; the error to raise, saying how it ended."""
         self.close()
         code = self._process.returncode
-        how = _describe(-code if code < 0 else code << 8)  # as a wait status
+        how = process.describe(-code if code < 0 else code << 8)  # as a wait status
         return IsolationError(f"the zygote for {self.app_path} (pid {self.pid}) {what}: it {how}")
 
     def _stopped(self, why: str) -> IsolationError:
@@ -345,15 +346,6 @@ def _readable(sources: list[Any], timeout: float | None) -> list[Any]:
         poller.register(fd, select.POLLIN)
     events = poller.poll(None if timeout is None else timeout * 1000)
     return [by_fd[fd] for fd, _ in events]
-
-
-def _describe(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        number = os.WTERMSIG(status)
-        with contextlib.suppress(ValueError):
-            return f"was killed by signal {signal.Signals(number).name}"
-        return f"was killed by signal {number}"
-    return f"exited with status {os.WEXITSTATUS(status)}"
 
 
 def _serve(

@@ -292,6 +292,12 @@ def test_os_exit_reports_the_status() -> None:
     assert our_zombies() == []
 
 
+def test_a_call_that_closes_its_inherited_descriptors_is_told_why_it_failed() -> None:
+    with pytest.raises(IsolationError, match=r"status 70: it could not send its answer \(did"):
+        run(lambda: os.closerange(3, 4096))
+    assert our_zombies() == []
+
+
 @pytest.mark.parametrize("signum", [signal.SIGSEGV, signal.SIGKILL])
 def test_signal_death_names_the_signal(signum: signal.Signals) -> None:
     def die() -> None:
