@@ -175,28 +175,38 @@ def _unanswered(exc: Exception) -> bool:
     """Whether `exc` says a server refused, dropped or did not answer in time."""
     if isinstance(exc, RuntimeError):
         return _BACKEND_GAVE_UP in str(exc)
-    kinds: list[type[BaseException]] = [TimeoutError]
-    if (redis := sys.modules.get("redis")) is not None:
-        kinds += [redis.ConnectionError, redis.TimeoutError]
-    if (kombu := sys.modules.get("kombu.exceptions")) is not None:
-        kinds.append(kombu.OperationalError)
-    return isinstance(exc, tuple(kinds))
+    return isinstance(exc, (TimeoutError, *_connection_errors()))
 
 
 def refused(exc: BaseException) -> bool:
     """Whether `exc` says a server refused or dropped a connection — what a restarting one
-    does for a moment — rather than not answering in time (Celery's backend wraps the
-    error it met in its RuntimeError)."""
-    if isinstance(exc, RuntimeError) and _BACKEND_GAVE_UP in str(exc):
-        exc = exc.__cause__ or exc.__context__ or exc
-    kinds: list[type[BaseException]] = [ConnectionError]
+    does for a moment — rather than not answering in time."""
+    exc = _met(exc)
+    if (redis := sys.modules.get("redis")) is not None and isinstance(
+        exc, redis.TimeoutError | redis.AuthenticationError
+    ):
+        return False  # not answering in time; a wrong password: no restart mends it
+    connection_errors: tuple[type[BaseException], ...] = (ConnectionError, *_connection_errors())
+    return isinstance(exc, connection_errors) and not isinstance(exc, TimeoutError)
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """What redis-py and kombu, of those loaded, raise for a server that refused, dropped
+    or did not answer in time."""
+    kinds: list[type[BaseException]] = []
     if (redis := sys.modules.get("redis")) is not None:
-        kinds.append(redis.ConnectionError)
-        if isinstance(exc, redis.TimeoutError | redis.AuthenticationError):
-            return False  # not answering in time; a wrong password: no restart mends it
+        kinds += [redis.ConnectionError, redis.TimeoutError]
     if (kombu := sys.modules.get("kombu.exceptions")) is not None:
         kinds.append(kombu.OperationalError)
-    return isinstance(exc, tuple(kinds)) and not isinstance(exc, TimeoutError)
+    return tuple(kinds)
+
+
+def _met(exc: BaseException) -> BaseException:
+    """The error Celery's result backend met when it gave up (its RuntimeError's own text
+    names no cause: a refused password, a refusal), else `exc`."""
+    if isinstance(exc, RuntimeError) and _BACKEND_GAVE_UP in str(exc):
+        return exc.__cause__ or exc.__context__ or exc
+    return exc
 
 
 def unreachable(settings: Settings, exc: BaseException) -> Unreachable:
@@ -205,8 +215,7 @@ def unreachable(settings: Settings, exc: BaseException) -> Unreachable:
     urls = dict.fromkeys(
         maybe_sanitize_url(url) for url in (settings.redis_url, settings.broker, settings.backend)
     )
-    if isinstance(exc, RuntimeError):  # Celery's backend gave up: name what it met
-        exc = exc.__cause__ or exc.__context__ or exc  # (a refused password, a refusal)
+    exc = _met(exc)
     cause = " ".join(str(exc).split()) or type(exc).__name__
     return Unreachable(
         f"cannot reach {' / '.join(urls)} within {settings.connect_timeout:g} s "
