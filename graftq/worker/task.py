@@ -179,18 +179,9 @@ def bind_published(
             raise InvalidInput(f"a {PUBLISHED_TASK} job needs {META}={{'name': ...}}")
         return job(self.request, input_of(args, kwargs), meta)
 
-    return celery.task(
-        name=PUBLISHED_TASK,
-        bind=True,
-        track_started=track_started,
-        acks_late=True,
-        reject_on_worker_lost=True,
-        typing=False,
-        shared=False,  # the task belongs to this App's Celery only
-        Strategy=GUARDED_STRATEGY,  # a message too deep for the pool fails its job, not the worker
-        Request=HardLimitRequest,
-        graftq_failed=staticmethod(failed),
-    )(_recorded(failed, published))
+    return celery.task(name=PUBLISHED_TASK, **_options(failed, track_started))(
+        _recorded(failed, published)
+    )
 
 
 def bind(
@@ -212,16 +203,23 @@ def bind(
     task.__doc__ = (info.func.__doc__ or "").strip() or f"graftq callable {info.name}"
     limit = info.time_limit + BACKSTOP if info.time_limit else None
     return celery.task(
-        graftq_version=info.version,
-        graftq_failed=staticmethod(failed),
         name=task_name(info.name),
-        bind=True,
-        track_started=track_started,
-        acks_late=True,
-        reject_on_worker_lost=True,
+        graftq_version=info.version,
         time_limit=limit,
-        typing=False,
-        shared=False,  # two Apps in one process must not share task names
-        Strategy=GUARDED_STRATEGY,  # a message too deep for the pool fails its job, not the worker
-        Request=HardLimitRequest,
+        **_options(failed, track_started),
     )(task)
+
+
+def _options(failed: Failed, track_started: bool) -> dict[str, Any]:
+    """The Celery task options every graftq task has."""
+    return {
+        "bind": True,
+        "track_started": track_started,
+        "acks_late": True,
+        "reject_on_worker_lost": True,
+        "typing": False,
+        "shared": False,  # a task belongs to its App's Celery: two Apps may share names
+        "Strategy": GUARDED_STRATEGY,  # a message too deep for the pool fails its job only
+        "Request": HardLimitRequest,
+        "graftq_failed": staticmethod(failed),
+    }
