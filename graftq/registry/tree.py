@@ -145,8 +145,8 @@ def own_data(entity: Entity, kid_paths: list[Path]) -> dict[str, Any]:
         )
     except UnicodeDecodeError:
         raise InvalidEntity(_not_utf8_message(entity)) from None
-    except pydantic_core.PydanticSerializationError:  # a serializer's own error: as it is
-        raise
+    except pydantic_core.PydanticSerializationError as exc:  # a leaf or a serializer's own
+        raise InvalidEntity(_no_json_form_message(entity, exc)) from exc
     except ValueError as exc:  # pydantic's plain "Maximum serialization depth exceeded"
         raise InvalidEntity(too_deep(type(entity).graftq_type, str(entity.ecs_id), exc)) from None
     if not _may_hold_sets(type(entity)):  # most classes: no walk (it costs ≈ 4 µs a node)
@@ -200,7 +200,7 @@ def too_deep(type_name: str, ecs_id: str, exc: Exception) -> str:
 def _not_utf8_message(entity: Entity) -> str:
     # Pydantic's JSON form of bytes is UTF-8 text unless the model says otherwise. Stored
     # data keeps that default: switching it would change how existing versions read back.
-    path, holder = _not_utf8(entity, ()) or ("", type(entity).__name__)
+    path, holder = _first_leaf(entity, (), _not_utf8) or ("", type(entity).__name__)
     where = f"at {path}" if path else "in one of its fields"
     return (
         f"{type(entity).__name__} {entity.ecs_id}: the bytes {where} are not UTF-8, the text "
@@ -210,27 +210,60 @@ def _not_utf8_message(entity: Entity) -> str:
     )
 
 
-def _not_utf8(model: BaseModel, at: Path) -> tuple[str, str] | None:
-    """The dotted path of the first bytes value under `model` that is not UTF-8 and is
-    dumped as UTF-8, with the name of the model declaring it."""
-    as_text = model.model_config.get("ser_json_bytes", "utf8") == "utf8"
-    for name in type(model).model_fields:
+def _no_json_form_message(entity: Entity, exc: Exception) -> str:
+    """A value an `Any` field admits (`object()`, a function) that JSON cannot store, or a
+    serializer of the model's that raised: pydantic's error names neither entity nor field."""
+    path, _ = _first_leaf(entity, (), _no_json_form) or (_failing_field(entity), "")
+    where = f"the value at {path}" if path else "one of its fields"
+    return (
+        f"{type(entity).__name__} {entity.ecs_id}: {where} has no JSON form ({exc}); "
+        "an entity stores only what pydantic can write as JSON"
+    )
+
+
+def _failing_field(entity: Entity) -> str:
+    """The first field whose own dump fails (its serializer raised), or ""."""
+    for name in _field_names(entity):
+        try:
+            entity.model_dump(mode="json", include={name}, warnings=False)
+        except ValueError:
+            return name
+    return ""
+
+
+def _first_leaf(
+    model: BaseModel, at: Path, bad: Callable[[BaseModel, Any], bool]
+) -> tuple[str, str] | None:
+    """The dotted path of the first leaf under `model` for which `bad(holder, leaf)` holds,
+    with the name of the model holding it (plain and entity models are walked into)."""
+    for name in _field_names(model):
         for path, leaf in containers.leaves(getattr(model, name), (*at, name)):
             if isinstance(leaf, BaseModel):
-                found = _not_utf8(leaf, typing.cast(Path, path))
+                found = _first_leaf(leaf, typing.cast(Path, path), bad)
                 if found:
                     return found
-            elif isinstance(leaf, bytes) and as_text and not _is_utf8(leaf):
+            elif bad(model, leaf):
                 return dotted(typing.cast(Path, path)), type(model).__name__
     return None
 
 
-def _is_utf8(value: bytes) -> bool:
-    try:
-        value.decode()
-    except UnicodeDecodeError:
+def _not_utf8(holder: BaseModel, leaf: Any) -> bool:
+    """Bytes that are not UTF-8, in a model that dumps bytes as UTF-8 text."""
+    if not isinstance(leaf, bytes) or holder.model_config.get("ser_json_bytes", "utf8") != "utf8":
         return False
-    return True
+    try:
+        leaf.decode()
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def _no_json_form(_holder: BaseModel, leaf: Any) -> bool:
+    try:
+        pydantic_core.to_jsonable_python(leaf)
+    except (pydantic_core.PydanticSerializationError, ValueError, TypeError):
+        return True
+    return False
 
 
 def _blank(value: Any) -> Any:

@@ -250,6 +250,30 @@ def test_text_json_cannot_carry_is_invalid_naming_class_and_id(
     assert snapshot(redis_client) == before
 
 
+@pytest.mark.parametrize(
+    "content, path",
+    [(object(), "content"), ({"k": [1, lambda: 1]}, "content.k.1")],
+    ids=["object", "function-deep-in-a-dict"],
+)
+def test_a_value_with_no_json_form_is_invalid_naming_class_id_and_path(
+    reg: EntityRegistry, redis_client: redis.Redis, content, path
+) -> None:
+    """SPEC 8: an `Any` field may hold what its annotation admits but JSON cannot carry.
+    `put` raised pydantic's bare PydanticSerializationError ("Unable to serialize unknown
+    type: <class 'object'>"), a ValueError naming neither the entity nor the field."""
+    box = Box(content="kept")
+    box.content = content
+    root = Box(content={"kid": box})  # the failing entity is a sub-entity
+    before = snapshot(redis_client)
+
+    with pytest.raises(InvalidEntity) as caught:
+        reg.put(root)
+    message = str(caught.value)
+    assert f"Box {box.ecs_id}" in message and f" {path} " in message
+    assert "no JSON form" in message
+    assert snapshot(redis_client) == before
+
+
 def test_base64_bytes_round_trip_at_any_depth(
     reg: EntityRegistry, redis_client: redis.Redis
 ) -> None:
