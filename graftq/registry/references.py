@@ -231,13 +231,13 @@ def navigate(root: Any, ref: Reference) -> Any:
 
 def _step(value: Any, segment: str, context: str) -> Any:
     if isinstance(value, BaseModel):
-        fields = sorted(type(value).model_fields, key=lambda name: name in IDENTITY_FIELDS)
-        if segment not in fields:
-            raise InvalidReference(
-                f"{context}: {type(value).__name__} has no field {_shown(segment)}; "
-                f"fields: {', '.join(fields)}"
-            )
-        return getattr(value, segment)
+        extra = value.__pydantic_extra__ or {}  # extra="allow": fields of this instance
+        if segment in type(value).model_fields or segment in extra:
+            return getattr(value, segment)
+        raise InvalidReference(
+            f"{context}: {type(value).__name__} has no field {_shown(segment)}; "
+            f"fields: {_fields_shown(value, extra)}"
+        )
     if isinstance(value, dict):
         if segment not in value:
             keys = ", ".join(_key_shown(key) for key in itertools.islice(value, _KEYS_SHOWN))
@@ -264,6 +264,16 @@ def _step(value: Any, segment: str, context: str) -> Any:
 
 _SHOWN = 80  # characters of a reference or segment a message quotes
 _KEYS_SHOWN = 20  # dict keys a message lists
+
+
+def _fields_shown(model: BaseModel, extra: dict[str, Any]) -> str:
+    """The model's own fields, its first extra ones, then the identity fields."""
+    names = type(model).model_fields
+    shown = [name for name in names if name not in IDENTITY_FIELDS]
+    shown += [name[:_SHOWN] for name in itertools.islice(extra, _KEYS_SHOWN)]
+    if len(extra) > _KEYS_SHOWN:
+        shown.append(f"{len(extra) - _KEYS_SHOWN} more extra fields")
+    return ", ".join([*shown, *(name for name in names if name in IDENTITY_FIELDS)])
 
 
 def _key_shown(key: object) -> str:
