@@ -84,28 +84,34 @@ def same(left: Any, right: Any) -> bool:
     that read back differently) equal, and NaN unequal to itself (which reads back the same).
     Dict key order does not count, as with ``==``.
     """
-    stack = [(left, right)]
+    return difference(left, right) is None
+
+
+def difference(left: Any, right: Any, path: Path = ()) -> tuple[Path, Any, Any] | None:
+    """Where `left` and `right` first differ as `same` compares them: the path (under
+    `path`) and the two values there; None if they are the same."""
+    stack = [(left, right, path)]
     while stack:
-        a, b = stack.pop()
+        a, b, at = stack.pop()
         if type(a) is not type(b):
-            return False
+            return at, a, b
         if isinstance(a, dict):
             if a.keys() != b.keys():
-                return False
-            stack.extend((a[key], b[key]) for key in a)
+                return at, a, b
+            stack.extend((a[key], b[key], (*at, key)) for key in a)
         elif isinstance(a, list | tuple):
             if len(a) != len(b):
-                return False
-            stack.extend(zip(a, b, strict=True))
+                return at, a, b
+            stack.extend((x, y, (*at, i)) for i, (x, y) in enumerate(zip(a, b, strict=True)))
         elif isinstance(a, BaseModel):
-            stack.append((a.__dict__, b.__dict__))
-            stack.append((a.__pydantic_extra__, b.__pydantic_extra__))
+            stack.append((a.__dict__, b.__dict__, at))
+            stack.append((a.__pydantic_extra__, b.__pydantic_extra__, at))
         elif isinstance(a, float):
             if not _same_float(a, b):
-                return False
+                return at, a, b
         elif a != b:
-            return False
-    return True
+            return at, a, b
+    return None
 
 
 def _same_float(a: float, b: float) -> bool:

@@ -247,10 +247,14 @@ def _check_round_trip(
     except pydantic.ValidationError as exc:
         failing = sorted({str(error["loc"][0]) for error in exc.errors() if error["loc"]})
         raise InvalidInput(_lost(failing or names, given, "does not validate")) from None
-    lost = [name for name in names if not containers.same(expected.get(name), arrives.get(name))]
-    if lost:
-        details = ", ".join(f"{type(arrives.get(n)).__name__}" for n in lost)
-        raise InvalidInput(_lost(lost, given, f"arrives as {details}"))
+    for name in names:
+        found = containers.difference(expected.get(name), arrives.get(name), (name,))
+        if found is not None:
+            path, was, now = found
+            kinds = f"{type(was).__name__} arrives as {type(now).__name__}"
+            if type(was) is type(now):
+                kinds = f"{was!r:.60} arrives as {now!r:.60}"
+            raise InvalidInput(_lost([name], given, f"at {containers.dotted(path)}: {kinds}"))
 
 
 def _lost(names: list[str], given: Mapping[str, Any], what: str) -> str:

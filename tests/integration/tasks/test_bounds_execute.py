@@ -109,3 +109,20 @@ def test_refused_input_never_runs_the_body(app: App, tmp_path: Path) -> None:
     with pytest.raises(InvalidInput):
         app.execute("mark", {"marker_file": str(marker), "extra": {1}})
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "path", "arrives"),
+    [
+        ({"k": ["ok", ("t", 1)]}, "value.k.1", "tuple arrives as list"),
+        ({"when": datetime(2024, 1, 1, tzinfo=UTC)}, "value.when", "datetime arrives as str"),
+        ([1, Color.RED], "value.1", "Color arrives as int"),
+    ],
+)
+def test_a_nested_value_json_would_change_is_named_by_its_path(
+    app: App, value: Any, path: str, arrives: str
+) -> None:
+    """A message names the path that was wrong (SPEC 8): 'dict arrives as dict' did not."""
+    with pytest.raises(InvalidInput) as raised:
+        app.execute("anything", {"value": value})
+    assert f"at {path}: {arrives}" in str(raised.value)
