@@ -13,6 +13,7 @@ from typing import Any
 
 import pydantic
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.utils.serialization import UnpickleableExceptionWrapper
 from celery.worker.request import Request
 
 from graftq.errors import InvalidInput, TimeLimitExceeded
@@ -156,9 +157,36 @@ def _recorded(failed: Failed, run: Callable[..., dict[str, Any]]) -> Callable[..
             failed(
                 self, exc, (self.request.id, str(self.request.hostname or ""), args, kwargs), False
             )
-            raise
+            carried = _carried(exc)
+            if carried is exc:
+                raise
+            raise carried from exc
 
     return task
+
+
+def _carried(exc: Exception) -> Exception:
+    """`exc`, or what Celery's JSON result brings back to `Job.get` as `exc` again.
+
+    Celery stores a failed job's exception as its type's name and its args, and a client
+    makes it again as ``type(*args)`` — a bare ``Exception`` if that call fails. An
+    exception that pickle carries but its args do not make again (json's JSONDecodeError
+    wants its document and position too; an OSError's message names a file its args do
+    not hold) is sent as Celery's `UnpickleableExceptionWrapper` of its type's name and
+    message instead, as Celery itself sends one pickle cannot carry, and `Job.get` makes
+    it again from those (`graftq.tasks.exceptions.rebuilt`). Only a failed job pays this.
+    """
+    kind = type(exc)
+    try:
+        again = kind(*exc.args)
+    except Exception:
+        again = None
+    if type(again) is kind and str(again) == str(exc):
+        return exc
+    wrapper: Exception = UnpickleableExceptionWrapper(
+        kind.__module__, kind.__qualname__, [str(exc)], str(exc)
+    )
+    return wrapper
 
 
 def bind_published(

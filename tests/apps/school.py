@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import logging
 import os
 import signal
@@ -131,6 +132,17 @@ def make_app(name: str = "school") -> App:
     def upstream_timeout(message: str) -> int:
         """Raises the builtin TimeoutError (as asyncio.wait_for does): the body's own error."""
         raise TimeoutError(message)
+
+    @app.register
+    def parse(text: str) -> int:
+        """Raises json's JSONDecodeError, whose args are its message only (pickle carries
+        more: its __init__ wants the document and position too)."""
+        return int(json.loads(text))
+
+    @app.register
+    def read(path: str) -> str:
+        """Raises FileNotFoundError, whose message names the file its args do not hold."""
+        return Path(path).read_text()
 
     @app.register
     def over_quota(n: int) -> int:

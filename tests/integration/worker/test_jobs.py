@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import pickle
 import uuid
 from collections.abc import Callable
@@ -127,6 +128,10 @@ def test_hanging_job_hits_its_time_limit_and_the_worker_keeps_serving(
         ("over_quota_inline", {"n": 4}, QuotaError, "quota of 4 exceeded"),
         # the body's own TimeoutError, not a server that did not answer (`Unreachable`)
         ("upstream_timeout", {"message": "API was slow"}, TimeoutError, "API was slow"),
+        # types that pickle, but that Celery's JSON (their args) does not make again as
+        # they were: json's needs more than its message, an OSError's names its file
+        ("parse", {"text": "{bad"}, json.JSONDecodeError, "Expecting property name"),
+        ("read", {"path": "/nonexistent/x"}, FileNotFoundError, "directory: '/nonexistent/x'"),
     ],
 )
 def test_exception_types_round_trip(
