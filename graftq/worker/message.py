@@ -26,12 +26,18 @@ def task_name(callable_name: str) -> str:
     return TASK_PREFIX + callable_name
 
 
-def delivered(input_data: dict[str, Any]) -> dict[str, Any]:
-    """The input as a worker gets it: through the broker's JSON (kombu's, Celery's ``json``
-    serializer), where a tuple arrives as a list and an int dict key as its digits."""
+def through_json(value: Any) -> Any:
+    """`value` as it arrives through kombu's JSON (Celery's ``json`` serializer, the
+    broker's and the result backend's), where a tuple arrives as a list and an int dict
+    key as its digits."""
     from kombu.utils import json  # here: producers that never ask stay free of kombu
 
-    arrived: dict[str, Any] = json.loads(json.dumps(input_data))  # type: ignore[no-untyped-call]
+    return json.loads(json.dumps(value))  # type: ignore[no-untyped-call]
+
+
+def delivered(input_data: dict[str, Any]) -> dict[str, Any]:
+    """The input as a worker gets it: through the broker's JSON (`through_json`)."""
+    arrived: dict[str, Any] = through_json(input_data)
     return arrived
 
 

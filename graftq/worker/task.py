@@ -13,7 +13,7 @@ from typing import Any
 
 import pydantic
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.utils.serialization import UnpickleableExceptionWrapper
+from celery.utils.serialization import UnpickleableExceptionWrapper, ensure_serializable
 from celery.worker.request import Request
 
 from graftq.errors import InvalidInput, TimeLimitExceeded
@@ -26,7 +26,14 @@ from graftq.tasks.runner import Call, local_worker, run_call
 from graftq.worker import backend, logs
 from graftq.worker.config import BACKSTOP
 from graftq.worker.guard import GUARDED_STRATEGY
-from graftq.worker.message import META, PUBLISHED_TASK, TASK_PREFIX, input_of, task_name
+from graftq.worker.message import (
+    META,
+    PUBLISHED_TASK,
+    TASK_PREFIX,
+    input_of,
+    task_name,
+    through_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -168,23 +175,28 @@ def _recorded(failed: Failed, run: Callable[..., dict[str, Any]]) -> Callable[..
 def _carried(exc: Exception) -> Exception:
     """`exc`, or what Celery's JSON result brings back to `Job.get` as `exc` again.
 
-    Celery stores a failed job's exception as its type's name and its args, and a client
-    makes it again as ``type(*args)`` — a bare ``Exception`` if that call fails. An
-    exception that pickle carries but its args do not make again (json's JSONDecodeError
-    wants its document and position too; an OSError's message names a file its args do
-    not hold) is sent as Celery's `UnpickleableExceptionWrapper` of its type's name and
-    message instead, as Celery itself sends one pickle cannot carry, and `Job.get` makes
-    it again from those (`graftq.tasks.exceptions.rebuilt`). Only a failed job pays this.
+    Celery stores a failed job's exception as its type's name and its args in JSON, and a
+    client makes it again as ``type(*args)`` — a bare ``Exception`` if that call fails. An
+    exception that pickle carries but its args, as JSON brings them back, do not make
+    again (json's JSONDecodeError wants its document and position too; an OSError's
+    message names a file its args do not hold; a tuple in the args comes back a list) is
+    sent as Celery's `UnpickleableExceptionWrapper` of its type's name and message
+    instead, as Celery itself sends one pickle cannot carry, and `Job.get` makes it again
+    from those (`graftq.tasks.exceptions.rebuilt`). Only a failed job pays this.
     """
     kind = type(exc)
     try:
-        again = kind(*exc.args)
-    except Exception:
-        again = None
-    if type(again) is kind and str(again) == str(exc):
+        message = str(exc)
+    except Exception:  # a message that cannot be told: left to Celery
         return exc
+    try:  # the args as Celery's JSON result backend gives them back
+        again = kind(*through_json(ensure_serializable(exc.args, through_json)))
+        if type(again) is kind and str(again) == message:
+            return exc
+    except Exception:
+        pass
     wrapper: Exception = UnpickleableExceptionWrapper(
-        kind.__module__, kind.__qualname__, [str(exc)], str(exc)
+        kind.__module__, kind.__qualname__, [message], message
     )
     return wrapper
 

@@ -145,6 +145,11 @@ def make_app(name: str = "school") -> App:
         return Path(path).read_text()
 
     @app.register
+    def fail_pair(message: str, pair: list[int]) -> int:
+        """Raises with a tuple among its args, which JSON would bring back as a list."""
+        raise ValueError(message, tuple(pair))
+
+    @app.register
     def over_quota(n: int) -> int:
         raise QuotaError(f"quota of {n} exceeded", n)
 

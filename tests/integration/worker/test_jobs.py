@@ -129,9 +129,11 @@ def test_hanging_job_hits_its_time_limit_and_the_worker_keeps_serving(
         # the body's own TimeoutError, not a server that did not answer (`Unreachable`)
         ("upstream_timeout", {"message": "API was slow"}, TimeoutError, "API was slow"),
         # types that pickle, but that Celery's JSON (their args) does not make again as
-        # they were: json's needs more than its message, an OSError's names its file
+        # they were: json's needs more than its message, an OSError's names its file, a
+        # tuple in the args would come back a list
         ("parse", {"text": "{bad"}, json.JSONDecodeError, "Expecting property name"),
         ("read", {"path": "/nonexistent/x"}, FileNotFoundError, "directory: '/nonexistent/x'"),
+        ("fail_pair", {"message": "off", "pair": [1, 2]}, ValueError, r"^\('off', \(1, 2\)\)$"),
     ],
 )
 def test_exception_types_round_trip(
