@@ -36,6 +36,8 @@ class JobStatus(StrEnum):
 
 
 TERMINAL = frozenset({JobStatus.SUCCESS, JobStatus.FAILURE, JobStatus.REVOKED})
+_SLICE = 1.0  # seconds: Celery's result consumers wait in slices this long (its Drainer)
+_POLL = 0.02  # seconds between reads of a job's state in the last slice of a wait
 
 
 class Job:
@@ -182,9 +184,11 @@ class Job:
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return self._result.get(
-                    timeout=piece if left is None else min(piece, left), propagate=False
-                )
+                if left is not None and left < _SLICE:
+                    return self._polled(left)
+                # whole seconds for Celery, the rest polled: a wait ends on its timeout
+                whole = piece if left is None else min(piece, float(int(left)))
+                return self._result.get(timeout=whole, propagate=False)
             except celery_errors.TimeoutError:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise
@@ -193,6 +197,20 @@ class Job:
                 if not restart.outlasted_by(exc) or (deadline and time.monotonic() >= deadline):
                     raise
                 time.sleep(_Restart.PAUSE)
+
+    def _polled(self, left: float) -> Any:
+        """The last fraction of a second of a wait, in short reads of the stored state:
+        Celery waits on a result in slices of a whole second (`_SLICE`), so it would
+        make a ``get(timeout=0.2)`` wait a second."""
+        from celery import exceptions as celery_errors
+
+        end = time.monotonic() + left
+        while not self._result.ready():
+            rest = end - time.monotonic()
+            if rest <= 0:
+                raise celery_errors.TimeoutError("The operation timed out.")
+            time.sleep(min(_POLL, rest))
+        return self._result.get(timeout=wait(self._settings), propagate=False)
 
     async def aget(self, timeout: float | None = None, poll: float = 0.05) -> Any:
         """`get` without blocking the event loop (polls the result backend)."""

@@ -6,6 +6,7 @@ import asyncio
 import copy
 import json
 import pickle
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -271,6 +272,21 @@ def test_get_with_a_short_timeout_raises_job_timeout(app: App, tmp_path: Path) -
     finally:
         gate.touch()
     assert job.get(timeout=60) == 1  # the job itself was not harmed by the short wait
+
+
+def test_a_timeout_under_a_second_is_kept(app: App, tmp_path: Path) -> None:
+    # Celery waits on a result in slices of a whole second: 0.2 s would wait 1 s.
+    gate = tmp_path / "gate"
+    job = app.submit("held", {"gate": str(gate), "pid_file": str(tmp_path / "held.pid")})
+    try:
+        for timeout in (0.2, 1.2):
+            started = time.monotonic()
+            with pytest.raises(graftq.JobTimeout):
+                job.get(timeout=timeout)
+            assert timeout <= time.monotonic() - started < timeout + 0.6
+    finally:
+        gate.touch()
+    assert job.get(timeout=60) == 1
 
 
 @pytest.mark.parametrize("shape", ["kwargs", "positional", "input_data"])
