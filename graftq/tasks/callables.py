@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import keyword
 import marshal
 import math
 import re
@@ -24,7 +25,7 @@ import pydantic
 
 from graftq.errors import RegistrationError, UnknownCallable
 
-__all__ = ["CallableInfo", "CallableRegistry", "Isolation", "describe"]
+__all__ = ["CallableInfo", "CallableRegistry", "Isolation", "describe", "identifier"]
 
 Isolation = Literal["fork", "none"]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -35,6 +36,17 @@ _REFUSED_KINDS = {
     inspect.Parameter.VAR_KEYWORD: "**kwargs",
     inspect.Parameter.POSITIONAL_ONLY: "a positional-only parameter",
 }
+
+
+def identifier(name: str) -> str:
+    """A callable's name as a Python identifier, for the classes and functions named after
+    it (its input model, its Celery task's function, whose signature Celery writes as
+    Python source): every non-word character an underscore, an underscore before a
+    leading digit and after a keyword."""
+    word = re.sub(r"\W", "_", name)
+    if word[:1].isdigit():
+        word = "_" + word
+    return word + "_" if keyword.iskeyword(word) else word
 
 
 @dataclass(frozen=True)
@@ -162,7 +174,7 @@ def describe(
     if version is not None and not isinstance(version, str):
         raise RegistrationError(f"{where}: version must be a string, not {version!r}")
     fields, returns = _fields(where, func)
-    model_name = re.sub(r"\W", "_", name) + "Input"
+    model_name = identifier(name) + "Input"
     try:
         with warnings.catch_warnings():
             # A parameter called e.g. "json" shadows a deprecated BaseModel method;

@@ -20,7 +20,7 @@ from graftq.errors import InvalidInput, TimeLimitExceeded
 from graftq.registry.execution import Execution, ExecutionStatus
 from graftq.registry.store import EntityRegistry
 from graftq.settings import Settings
-from graftq.tasks.callables import CallableInfo
+from graftq.tasks.callables import CallableInfo, identifier
 from graftq.tasks.isolation import Zygote
 from graftq.tasks.runner import Call, local_worker, run_call
 from graftq.worker import backend, logs
@@ -239,7 +239,7 @@ def bind(
         return job(info, self.request, input_of(args, kwargs, info.parameters()))
 
     task = _recorded(failed, run)
-    task.__name__ = task.__qualname__ = info.name
+    task.__name__ = task.__qualname__ = identifier(info.name)
     task.__doc__ = (info.func.__doc__ or "").strip() or f"graftq callable {info.name}"
     limit = info.time_limit + BACKSTOP if info.time_limit else None
     return celery.task(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 
+import pytest
 from celery.exceptions import DuplicateTaskNameWarning
 
 from graftq import App
@@ -45,3 +46,23 @@ def test_two_apps_in_one_process_each_run_their_own_callable(redis_url: str) -> 
         assert other.entities.execution(job_id) is None
     duplicates = [w for w in caught if issubclass(w.category, DuplicateTaskNameWarning)]
     assert not [w for w in duplicates if "graftq.which" in str(w.message)]
+
+
+@pytest.mark.parametrize("name", ["math.add-2", "naïve✓", "2fast", "class"])
+def test_a_name_that_is_no_python_identifier_is_a_task_all_the_same(
+    redis_url: str, name: str
+) -> None:
+    # Celery writes a task's signature as Python source named after its function: the
+    # function must not be named after the callable, or the worker could not start.
+    app = App("names", redis_url)
+
+    @app.register(name=name, isolation="none")
+    def add_one(x: int) -> int:
+        return x + 1
+
+    ran = app.celery.tasks[f"graftq.{name}"].apply(args=[{"x": 1}])
+    ran.get(timeout=30)
+
+    record = app.entities.execution(ran.id)
+    assert record is not None and record.status == "SUCCESS" and record.result == 2
+    assert record.callable == name
