@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import pydantic
 
 from graftq.errors import ReturnTypeError, Unreachable, VersionConflict
-from graftq.registry import commit
+from graftq.registry import commit, containers
 from graftq.registry.execution import Execution, ExecutionStatus
 from graftq.registry.overlay import isolate_stores
 from graftq.registry.store import Announcement, EntityRegistry
@@ -268,13 +268,41 @@ def _admitted(info: CallableInfo, value: Any) -> Any:
     returned, so an isolated call returns the same objects as an inline one.
     """
     try:
-        info.output_adapter.validate_python(value, strict=True)
+        validated = info.output_adapter.validate_python(value, strict=True)
     except pydantic.ValidationError as exc:
         raise ReturnTypeError(
             f"callable {info.name!r} returned {type(value).__name__} {value!r:.200}, which "
             f"its return annotation {_annotation(info)} does not admit: {exc}"
         ) from None
+    made = None if validated is value else _made_of_a_dict(value, validated)
+    if made is not None:
+        path, kind = made
+        raise ReturnTypeError(
+            f"callable {info.name!r} returned a dict at {containers.dotted(path)} where its "
+            f"return annotation {_annotation(info)} wants a {kind.__name__}: the annotation "
+            f"checks the value, it does not convert it; return a {kind.__name__}"
+        )
     return value
+
+
+def _made_of_a_dict(value: Any, validated: Any) -> tuple[containers.Path, type] | None:
+    """Where validating `value` made a model (a dataclass, ...) of a dict, and of what class.
+
+    Pydantic admits a dict for a model even when strict; the caller would get the dict
+    back, and no entity it describes would be committed.
+    """
+    for path, leaf in containers.leaves(validated):
+        if type(leaf) is dict:
+            continue
+        here = value
+        try:
+            for step in path:
+                here = here[step]
+        except (KeyError, IndexError, TypeError):  # a shape validation changed otherwise
+            continue
+        if type(here) is dict:
+            return path, type(leaf)
+    return None
 
 
 def _recorded(info: CallableInfo, value: Any) -> results.Recorded:

@@ -259,3 +259,28 @@ def test_a_class_of_the_scripts_main_module_comes_back_as_that_class(
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True Point(x=1)"
+
+
+CONVERTED: dict[str, tuple[Any, Any, str]] = {
+    "entity-as-dict": ({"city": "Oslo"}, Address, "the top"),
+    "model-in-dict": ({"a": {"city": "Oslo"}}, dict[str, Address], "a"),
+    "model-in-list": ([Address(city="Oslo"), {"city": "Rome"}], list[Address], "1"),
+}
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+@pytest.mark.parametrize("case", sorted(CONVERTED))
+def test_a_dict_the_annotation_would_make_a_model_of_is_a_return_type_error(
+    app: App, redis_client: redis.Redis, case: str, isolation: str
+) -> None:
+    """The annotation checks, it does not convert: a dict returned for `-> Address` came
+    back a dict, and no Address was committed — neither the value nor a refusal."""
+    value, annotation, where = CONVERTED[case]
+    name = register_returning(app, value, annotation, isolation)
+    before = snapshot(redis_client)
+
+    with pytest.raises(ReturnTypeError) as caught:
+        app.execute(name, {"n": 1})
+
+    assert f"a dict at {where}" in str(caught.value)
+    only_a_failure_record(redis_client, before, "ReturnTypeError")
