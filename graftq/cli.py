@@ -378,6 +378,10 @@ def flower(app_path: str, port: int, address: str, basic_auth: str | None, no_au
     argv = ["flower", f"--port={port}", f"--address={address}"]
     if basic_auth:
         argv.append(f"--basic-auth={basic_auth}")
+    # Flower's /api/task/result and /api/task/abort build `AsyncResult(task_id)` on
+    # Celery's default app, not on the app it serves: without this they answer 503
+    # ("result backend is not configured"). This process serves only this App.
+    app.celery.set_default()
     app.celery.start(argv)
 
 

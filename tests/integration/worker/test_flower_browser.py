@@ -7,16 +7,10 @@ where either is missing.
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,8 +18,9 @@ import pytest
 from graftq import App
 from graftq.devserver import RedisServer, free_port
 from tests.apps.school import Student
+from tests.flower import CREDENTIALS, PASSWORD, USER, api, flower
 from tests.integration.worker.conftest import SCHOOL, Node, running
-from tests.processes import stop_session, wait_until
+from tests.processes import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -34,46 +29,6 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-USER, PASSWORD = "ops", "s3cret-flower"
-
-
-def _api(url: str, credentials: str | None = None) -> tuple[int, str]:
-    headers = {}
-    if credentials is not None:
-        headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
-    request = urllib.request.Request(url, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return int(response.status), response.read().decode()
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        return exc.code, ""
-
-
-@contextlib.contextmanager
-def flower(env: dict[str, str], port: int) -> Iterator[str]:
-    """`graftq flower` with basic auth on `port`; yields its base URL, always stops it."""
-    args = [sys.executable, "-m", "graftq.cli", "flower", "--app", SCHOOL,
-            "--basic-auth", f"{USER}:{PASSWORD}", "--port", str(port)]  # fmt: skip
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(
-            args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-
-            def answers() -> bool:
-                assert proc.poll() is None, "flower exited early"
-                with contextlib.suppress(OSError):
-                    return _api(url + "/")[0] == 401
-                return False
-
-            wait_until(answers, 30, "flower answering 401")
-            yield url
-        finally:
-            stop_session(proc)
-            log.seek(0)
-            print(f"--- flower log ---\n{log.read().decode(errors='replace')[-3000:]}")
 
 
 def _browser() -> Callable[..., object]:
@@ -108,11 +63,11 @@ def test_flower_task_page_shows_the_callable_and_the_committed_version(
         GRAFTQ_RESULT_BACKEND=broker_url,
     )
     port = free_port()
-    credentials = f"{USER}:{PASSWORD}"
-    with flower(env, port) as url, running(redis_server.url, broker_url, node):
+    credentials = CREDENTIALS
+    with flower(SCHOOL, env, port) as url, running(redis_server.url, broker_url, node):
         # Flower learns of tasks from events: wait until it sees the worker, then submit.
         wait_until(
-            lambda: node.name in _api(url + "/api/workers?refresh=1", credentials)[1],
+            lambda: node.name in api(url + "/api/workers?refresh=1", credentials)[1],
             30,
             "flower seeing the worker",
         )
@@ -123,7 +78,7 @@ def test_flower_task_page_shows_the_callable_and_the_committed_version(
         assert isinstance(older, Student)
 
         def succeeded() -> bool:
-            status, body = _api(f"{url}/api/task/info/{job.id}", credentials)
+            status, body = api(f"{url}/api/task/info/{job.id}", credentials)
             return status == 200 and json.loads(body).get("state") == "SUCCESS"
 
         wait_until(succeeded, 30, "flower recording the task's success")
