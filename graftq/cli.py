@@ -386,12 +386,21 @@ def flower(app_path: str, port: int, address: str, basic_auth: str | None, no_au
 
 
 def _check_credentials(basic_auth: str) -> None:
-    """Every pair is user:password with neither empty: an empty one counts as no auth."""
+    """Every pair is user:password with neither empty: an empty one counts as no auth.
+
+    A blank one (only spaces) counts as empty. Non-ASCII text is refused: Flower
+    compares credentials with `hmac.compare_digest` on str, which raises for it, so
+    every request, the right credentials too, would be answered 500.
+    """
+    if not basic_auth.isascii():
+        raise click.BadParameter(
+            "--basic-auth must be ASCII: Flower cannot check other credentials"
+        )
     for pair in basic_auth.split(","):
         user, colon, password = pair.partition(":")
         if not colon:
             raise click.BadParameter("--basic-auth must be user:password[,user:password]")
-        if not user or not password:
+        if not user.strip() or not password.strip():
             raise click.BadParameter(
                 "--basic-auth has an empty user name or password, which would let anyone in"
             )

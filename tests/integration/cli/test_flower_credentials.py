@@ -23,3 +23,24 @@ def test_empty_user_or_password_is_refused(redis_url: str, credentials: str, sou
     assert proc.returncode == 2, output(proc)
     assert "empty user name or password" in proc.stderr
     assert_no_traceback(proc)
+
+
+@pytest.mark.parametrize("credentials", [" : ", "admin: ", "\t:secret"])
+def test_a_blank_user_or_password_counts_as_empty(redis_url: str, credentials: str) -> None:
+    args = ["flower", "--app", SCHOOL, "--port", str(free_port()), "--basic-auth", credentials]
+    proc = run_cli(*args, env=clean_env(GRAFTQ_REDIS_URL=redis_url), timeout=20)
+
+    assert proc.returncode == 2, output(proc)
+    assert "empty user name or password" in proc.stderr
+
+
+@pytest.mark.parametrize("credentials", ["ädmin:secret", "admin:sëcret", "ops:pass,root:пароль"])
+def test_credentials_flower_cannot_check_are_refused(redis_url: str, credentials: str) -> None:
+    """Flower compares credentials with `hmac.compare_digest` on str, which raises for
+    non-ASCII text: every request, the right credentials too, would be a 500."""
+    args = ["flower", "--app", SCHOOL, "--port", str(free_port()), "--basic-auth", credentials]
+    proc = run_cli(*args, env=clean_env(GRAFTQ_REDIS_URL=redis_url), timeout=20)
+
+    assert proc.returncode == 2, output(proc)
+    assert "ASCII" in proc.stderr
+    assert_no_traceback(proc)
