@@ -90,7 +90,9 @@ def main() -> None:
 @APP_OPTION
 @click.option("-c", "--concurrency", type=int, help="Pool processes (default: CPU count).")
 @click.option("-Q", "--queues", help="Comma-separated queues to consume from.")
-@click.option("-n", "--hostname", help="Node name, e.g. w1@%h.")
+@click.option(
+    "-n", "--hostname", help="Node name: w1 means w1@<this host>; or NAME@HOST, e.g. w1@%h."
+)
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
 @click.pass_context
 def worker(
@@ -128,7 +130,9 @@ def worker(
     if queues:
         argv.append(f"--queues={queues}")
     if hostname:
-        argv.append(f"--hostname={hostname}")
+        # Celery reads a bare `-n w1` as a host name (node `celery@w1`); the SPEC's
+        # `-n name` and Execution.worker's `w1@host` mean the node's name.
+        argv.append(f"--hostname={hostname if '@' in hostname else hostname + '@%h'}")
     os.environ[APP_VARIABLE] = app_path  # pool processes start their zygote on it
     app.celery.worker_main([*argv, *ctx.args])
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from graftq import App
-from graftq.devserver import RedisServer
+from graftq.devserver import RedisServer, WorkerProcess
 from tests.apps.school import Student
-from tests.integration.worker.conftest import Node, new_queue, running
+from tests.integration.worker.conftest import SCHOOL, START_TIMEOUT, Node, new_queue, running
 from tests.processes import pid_in, wait_until
 
 
@@ -52,3 +54,23 @@ def test_two_nodes_share_the_work_and_provenance_names_the_node(
             run = store.provenance(version.ecs_id)
             assert run is not None and run.id == job.id and run.status == "SUCCESS"
             assert run.worker in {w1.node, w2.node}
+
+
+def test_a_bare_node_name_is_the_name_on_this_host(
+    redis_server: RedisServer, broker_url: str, client_app: Callable[..., App]
+) -> None:
+    """`graftq worker -n w1` names the node `w1@<host>` (Celery alone would make it
+    `celery@w1`, taking the name for a host name)."""
+    queue, name = new_queue(), f"bare{uuid.uuid4().hex[:6]}"
+    env = {"GRAFTQ_BROKER_URL": broker_url, "GRAFTQ_RESULT_BACKEND": broker_url}
+    worker = WorkerProcess(SCHOOL, redis_server.url, concurrency=1, hostname=name, env=env,
+                           extra=["-Q", queue])  # fmt: skip
+    worker.start(START_TIMEOUT)
+    try:
+        app = client_app(queue)
+        ada = app.entities.put(Student(name="Ada", age=20))
+        older = app.submit("birthday", {"student": f"@{ada.lineage_id}"}).get(timeout=60)
+    finally:
+        worker.stop()
+    run = app.entities.provenance(older.ecs_id)
+    assert run is not None and run.worker == f"{name}@{socket.gethostname()}"
