@@ -33,6 +33,25 @@ def leave_orphan(pid_file: str) -> int:
     return int(Path(pid_file).read_text())
 
 
+def leave_hopper(count_file: str) -> None:
+    """Detach (setsid) a process that keeps changing its pid: it forks, its parent exits,
+    the child goes on. Each one appends its pid to `count_file`, as fast as it can; their
+    common process group is in `count_file`.pgid (a test kills what is left with killpg).
+    Returns once the first one wrote."""
+    first = os.fork()
+    if first == 0:
+        os.setsid()
+        Path(count_file + ".pgid").write_text(str(os.getpgrp()))
+        while True:
+            if os.fork():
+                os._exit(0)
+            with open(count_file, "a") as out:
+                out.write(f"{os.getpid()}\n")
+    os.waitpid(first, 0)
+    while not Path(count_file).exists():
+        time.sleep(0.01)
+
+
 def make_app(name: str = "school") -> App:
     app = make_school(name)
 

@@ -24,7 +24,7 @@ import struct
 import sys
 import traceback
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import cloudpickle
 
@@ -230,10 +230,16 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _descendants(root: int) -> list[int]:
-    """Living (not zombie) descendants of `root`, from a scan of /proc."""
-    children: dict[int, list[int]] = {}
-    zombies: set[int] = set()
+class _Descendant(NamedTuple):
+    pid: int
+    group: int
+    session: int
+    living: bool  # False for a zombie
+
+
+def _descendants(root: int) -> list[_Descendant]:
+    """Every descendant of `root`, zombies included, from a scan of /proc."""
+    children: dict[int, list[_Descendant]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -242,24 +248,37 @@ def _descendants(root: int) -> list[int]:
                 fields = stat.read().rsplit(b")", 1)[1].split()
         except OSError:  # gone meanwhile
             continue
-        children.setdefault(int(fields[1]), []).append(int(name))
-        if fields[0] == b"Z":
-            zombies.add(int(name))
-    found, frontier = [], list(children.get(root, ()))
+        found = _Descendant(int(name), int(fields[2]), int(fields[3]), fields[0] != b"Z")
+        children.setdefault(int(fields[1]), []).append(found)
+    below, frontier = [], list(children.get(root, ()))
     while frontier:
-        pid = frontier.pop()
-        found.append(pid)
-        frontier.extend(children.get(pid, ()))
-    return [pid for pid in found if pid not in zombies]
+        process = frontier.pop()
+        below.append(process)
+        frontier.extend(children.get(process.pid, ()))
+    return below
 
 
 def kill_tree(root: int) -> None:
-    """SIGKILL every descendant of `root` until none is left alive (root itself is spared)."""
+    """SIGKILL every descendant of `root` until none is left alive (root itself is spared).
+
+    A descendant in another session than ours left with setsid, so its process group
+    holds only processes of the call: that group is killed whole, once. This reaches a
+    process that forks and exits in a loop: each of its pids is gone (a zombie, or born
+    after the scan began) before a kill chasing it arrives, but the group, which every
+    hop keeps and a zombie still names, dies at once (a group kill is atomic with fork).
+    """
+    ours, killed = os.getsid(0), set[int]()
     for _ in range(_SWEEP_ROUNDS):
-        victims = _descendants(root)
-        if not victims:
+        below = _descendants(root)
+        groups = {found.group for found in below if found.session != ours} - killed
+        living = [found.pid for found in below if found.living]
+        if not living and not groups:
             return
-        for pid in victims:
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+        killed |= groups
+        for pid in living:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 

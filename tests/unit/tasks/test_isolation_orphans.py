@@ -7,7 +7,9 @@ kills the child's whole tree before the child itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pytest
 
 from graftq.errors import IsolationError, TimeLimitExceeded
 from graftq.tasks.isolation import run_isolated
-from tests.apps.hostile import leave_orphan
+from tests.apps.hostile import leave_hopper, leave_orphan
 from tests.integration.worker.helpers import alive, read_pid, wait_until
 
 
@@ -100,3 +102,31 @@ def _children(pid: int) -> list[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         found += [int(p) for p in (task / "children").read_text().split()]
     return found
+
+
+def test_detached_processes_that_keep_changing_their_pids_die_on_a_time_limit(
+    tmp_path: Path,
+) -> None:
+    """Chasing their pids loses the race (each is gone when its kill arrives); their
+    process groups, which every hop keeps, are killed at once."""
+    count_files = [tmp_path / f"hops-{n}" for n in range(4)]
+
+    def body() -> None:
+        for count_file in count_files:
+            leave_hopper(str(count_file))
+        time.sleep(600)
+
+    with pytest.raises(TimeLimitExceeded):
+        run_isolated(body, encode=identity, decode=bytes, time_limit=1.0)
+
+    def hops() -> list[int]:
+        return [len(count_file.read_text().split()) for count_file in count_files]
+
+    before = hops()
+    try:
+        time.sleep(0.5)  # a living hopper writes hundreds of lines meanwhile
+        assert hops() == before, "a hopping process outlived the call"
+    finally:
+        for count_file in count_files:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(Path(f"{count_file}.pgid").read_text()), signal.SIGKILL)
