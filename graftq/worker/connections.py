@@ -175,7 +175,16 @@ def _unanswered(exc: Exception) -> bool:
     """Whether `exc` says a server refused, dropped or did not answer in time."""
     if isinstance(exc, RuntimeError):
         return _BACKEND_GAVE_UP in str(exc)
+    if _batch_failed(exc):
+        return isinstance(exc.__cause__, Exception) and _unanswered(exc.__cause__)
     return isinstance(exc, (TimeoutError, *_connection_errors()))
+
+
+def _batch_failed(exc: BaseException) -> bool:
+    """Whether `exc` is kombu's word that a batched publish (`submit_many`) failed; it is
+    raised over what the server did."""
+    kombu = sys.modules.get("kombu.exceptions")
+    return kombu is not None and isinstance(exc, kombu.BatchPublishError)
 
 
 def refused(exc: BaseException) -> bool:
@@ -202,9 +211,14 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
 
 
 def _met(exc: BaseException) -> BaseException:
-    """The error Celery's result backend met when it gave up (its RuntimeError's own text
-    names no cause: a refused password, a refusal), else `exc`."""
-    if isinstance(exc, RuntimeError) and _BACKEND_GAVE_UP in str(exc):
+    """The error the server gave, under what Celery and kombu raised over it: the one
+    Celery's result backend met when it gave up (its RuntimeError's own text names no
+    cause: a refused password, a refusal), the redis-py error under kombu's
+    OperationalError or failed batch; else `exc`."""
+    kombu = sys.modules.get("kombu.exceptions")
+    if (isinstance(exc, RuntimeError) and _BACKEND_GAVE_UP in str(exc)) or (
+        kombu is not None and isinstance(exc, kombu.OperationalError | kombu.BatchPublishError)
+    ):
         return exc.__cause__ or exc.__context__ or exc
     return exc
 
@@ -215,9 +229,10 @@ def unreachable(settings: Settings, exc: BaseException) -> Unreachable:
     urls = dict.fromkeys(
         maybe_sanitize_url(url) for url in (settings.redis_url, settings.broker, settings.backend)
     )
+    uncertain = " (a part of the batch may have been enqueued)" if _batch_failed(exc) else ""
     exc = _met(exc)
     cause = " ".join(str(exc).split()) or type(exc).__name__
     return Unreachable(
         f"cannot reach {' / '.join(urls)} within {settings.connect_timeout:g} s "
-        f"(GRAFTQ_CONNECT_TIMEOUT): {type(exc).__name__}: {cause:.300}"
+        f"(GRAFTQ_CONNECT_TIMEOUT): {type(exc).__name__}: {cause:.300}{uncertain}"
     )

@@ -11,6 +11,7 @@ loose on purpose (hangs were minutes); the contract is GRAFTQ_CONNECT_TIMEOUT.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import os
@@ -98,6 +99,10 @@ def app_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], App]]:
 OPERATIONS: dict[str, Callable[[App], object]] = {
     "submit": lambda app: app.submit("bonus", {"student_age": 2, "bonus_amount": 1.5}),
     "submit by reference": lambda app: app.submit("birthday", {"student": f"@{uuid.uuid4()}"}),
+    "submit_many": lambda app: app.submit_many("bonus", [{"student_age": 2, "bonus_amount": 1}]),
+    "asubmit_many": lambda app: asyncio.run(
+        app.asubmit_many("bonus", [{"student_age": 2, "bonus_amount": 1}])
+    ),
     "execute": lambda app: app.execute("bonus", {"student_age": 2, "bonus_amount": 1.5}),
     "Job.get": lambda app: app.job(str(uuid.uuid4()), "bonus").get(),
     "Job.status": lambda app: app.job(str(uuid.uuid4()), "bonus").status,
