@@ -22,6 +22,7 @@ and ``rediss://`` result backends (`graftq.worker.config`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -33,9 +34,11 @@ from graftq.registry.commit import Also
 from graftq.registry.execution import Execution
 from graftq.registry.store import Announcement
 from graftq.settings import Settings
+from graftq.worker.connections import reachable
 
 SCHEMES = ("redis", "rediss")
 _STORED = "graftq_result_stored"  # on the task's request: the task id whose result is stored
+_SETTINGS = "graftq_settings"  # on the Celery app (`bind`)
 
 
 def handles(url: str) -> bool:
@@ -53,8 +56,20 @@ def celery_result(execution: Execution) -> dict[str, Any]:
     return {"execution_id": execution.id, "outputs": execution.outputs}
 
 
+def bind(celery_app: Any, settings: Settings) -> None:
+    """Give `celery_app`'s `RedisBackend` the settings its errors name (`reachable`)."""
+    setattr(celery_app, _SETTINGS, settings)  # not in its conf, which Flower shows as JSON
+
+
 class RedisBackend(CeleryRedisBackend):  # type: ignore[misc]  # Celery has no type hints
-    """Celery's Redis result backend, but for a SUCCESS the job's commit already stored."""
+    """Celery's Redis result backend, but for a SUCCESS the job's commit already stored,
+    and a result it cannot store for a server gone away is an `Unreachable` naming it.
+
+    A job that failed because its commit could not reach Redis (`Unreachable`) cannot
+    store that failure either; Celery then reports the redis-py error of that write as
+    the job's failure, and the worker's main process stores it once the server is back,
+    so `Job.get` raised a bare ``ConnectionError``: it is the `Unreachable` now.
+    """
 
     def store_result(
         self,
@@ -67,9 +82,11 @@ class RedisBackend(CeleryRedisBackend):  # type: ignore[misc]  # Celery has no t
     ) -> Any:
         if state == states.SUCCESS and getattr(request, _STORED, None) == task_id:
             return result
-        return super().store_result(
-            task_id, result, state, traceback=traceback, request=request, **kwargs
-        )
+        settings = getattr(self.app, _SETTINGS, None)
+        with reachable(settings) if settings is not None else contextlib.nullcontext():
+            return super().store_result(
+                task_id, result, state, traceback=traceback, request=request, **kwargs
+            )
 
 
 class OwnStates(NamedTuple):

@@ -51,6 +51,7 @@ def make_celery(name: str, settings: Settings) -> Any:
         enable_utc=True,
         **celery_timeouts(settings),
     )
+    backend.bind(celery, settings)
     if urlsplit(broker_url).scheme in broker.SCHEMES:
         celery.conf.broker_transport = f"{broker.__name__}:Transport"
     return celery

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -136,3 +138,48 @@ def test_a_job_waited_on_across_a_redis_restart_is_answered(
             gate.touch()
             waiting.join(90)
             assert answers == [1]
+
+
+def test_a_commit_that_outlasts_the_connect_timeout_fails_the_job_with_unreachable(
+    client_app: Callable[..., App], tmp_path: Path
+) -> None:
+    """Redis stays away longer than the worker's connect timeout while a job commits: the
+    job fails with `Unreachable` (a GraftError naming the URL) — Celery stored the
+    redis-py ConnectionError its own failed write of that failure met instead, so `Job.get`
+    raised a bare ``redis.exceptions.ConnectionError: ... Connection refused`` once the
+    server was back. Whether the message is then delivered again or not, nothing is
+    committed twice."""
+    with RedisServer(appendonly=True, fsync="always") as server:
+        broker = f"redis://127.0.0.1:{server.port}/1"
+        node = Node("restart-late", env={"GRAFTQ_CONNECT_TIMEOUT": "2"}, concurrency=1)
+        with running(server.url, broker, node):
+            app = client_app(node.queue, store_url=server.url, broker=broker)
+            counter = put_counter(app.entities)
+            gate, pid_file = tmp_path / "gate", tmp_path / "pid"
+            job = app.submit(
+                "held_increment",
+                {"counter": f"@{counter.lineage_id}", "gate": str(gate), "pid_file": str(pid_file)},
+            )
+            body = read_proc(pid_file)
+            server.stop(keep_data=True)
+            gate.touch()
+            wait_until(lambda: not lives(body), 30, "the body finished")
+            wait_until(lambda: f"[{job.id}] FAILURE" in node.proc.log(), 30, "the commit gave up")
+            server.start()
+            ended: list[dict[str, Any]] = []  # what Celery keeps of the job once it ended
+            with redis.Redis.from_url(broker) as results:
+                key = f"celery-task-meta-{job.id}"
+
+                def stored_end() -> bool:
+                    state = json.loads(results.get(key) or "{}")
+                    if state.get("status") in ("SUCCESS", "FAILURE"):
+                        ended.append(state)
+                    return bool(ended)
+
+                wait_until(stored_end, 60, "the job's end is stored")
+            if ended[0]["status"] == "FAILURE":
+                failure = ended[0]["result"]
+                assert failure["exc_type"] == "Unreachable", failure
+                assert server.url in str(failure["exc_message"]), failure
+            history = app.entities.history(counter.lineage_id)
+            assert [version.value for version in history] in ([0], [0, 1])
