@@ -17,6 +17,9 @@ handle on the pool, but building one fills a table of 170 reply parsers in Pytho
 process four times per job (acknowledgement, three events). bench/RESULTS.md has the
 figures.
 
+A batch (`submit_many`) is published in one MULTI...EXEC, all or nothing
+(`Channel.create_publish_batch`).
+
 Selected for ``redis://`` brokers (`graftq.worker.config`); other URLs keep kombu's own.
 """
 
@@ -51,6 +54,16 @@ class Channel(kombu_redis.Channel):
         if self.connection.client is None:
             raise redis.ConnectionError("the broker connection was closed under this channel")
         return super()._connparams(asynchronous=asynchronous)  # type: ignore[no-untyped-call]
+
+    def create_publish_batch(self, max_size: int) -> Any:
+        """kombu's batched publish (`submit_many`), sent as one MULTI...EXEC: a batch cut
+        off on its way (the server stalled, the send timed out part-written) is
+        discarded whole by Redis, where kombu's plain pipeline left the server running
+        the messages that had reached it — part of a batch enqueued. Its one flush per
+        batch is one transaction (`submit_many` sizes the batch to its messages)."""
+        batch = super().create_publish_batch(max_size)  # type: ignore[no-untyped-call]
+        batch.pipeline.transaction = True  # read by redis-py's `execute`
+        return batch
 
 
 class Transport(kombu_redis.Transport):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import threading
 import time
 import uuid
@@ -19,8 +21,9 @@ import redis
 
 import graftq
 from graftq import App
+from graftq.devserver import RedisServer
 from tests.apps.school import Counter, Student
-from tests.integration.worker.conftest import Node
+from tests.integration.worker.conftest import Node, new_queue
 
 
 def queued(broker_url: str, queue: str) -> int:
@@ -247,3 +250,28 @@ def test_the_batch_sends_every_jobs_task_sent_event(
     assert {event["name"] for event in sent} == {"graftq.increment"}
     assert {event["queue"] for event in sent} == {queue}
     assert f"@{stored[0].lineage_id}" in next(e for e in sent if e["uuid"] == jobs[0].id)["args"]
+
+
+def test_a_batch_cut_off_half_sent_enqueues_nothing(
+    make_school: Callable[..., App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis stops answering while a batch is on its way (SIGSTOP: it reads no more, so the
+    send times out part-written): `Unreachable`, and nothing of the batch is enqueued once
+    the server goes on. kombu sent the batch as a plain pipeline, so the server ran the
+    messages that had reached it: a few dozen of 20000 jobs were enqueued, the rest not."""
+    monkeypatch.setenv("GRAFTQ_CONNECT_TIMEOUT", "1.5")
+    with RedisServer() as server:
+        app = make_school(new_queue(), store_url=server.url, broker=server.url)
+        app.submit_many("bonus", [{"student_age": 1, "bonus_amount": 1}])  # connected
+        before = queued(server.url, app.celery.conf.task_default_queue)
+        inputs = [{"student_age": n, "bonus_amount": 1.5} for n in range(20_000)]
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(graftq.Unreachable, match="may have been enqueued"):
+                app.submit_many("bonus", inputs)
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        assert queued(server.url, app.celery.conf.task_default_queue) == before
+        assert len(app.submit_many("bonus", inputs[:3])) == 3  # the same App sends again
+        assert queued(server.url, app.celery.conf.task_default_queue) == before + 3
