@@ -74,12 +74,7 @@ def test_a_restart_while_a_job_commits_commits_it_once_when_redis_is_back(
         node = Node("restart-commit", env={"GRAFTQ_CONNECT_TIMEOUT": "30"})
         with running(server.url, broker, node):
             app = client_app(node.queue, store_url=server.url, broker=broker)
-            counter = put_counter(app.entities)
-            gate, pid_file = tmp_path / "gate", tmp_path / "pid"
-            job = app.submit(
-                "held_increment",
-                {"counter": f"@{counter.lineage_id}", "gate": str(gate), "pid_file": str(pid_file)},
-            )
+            counter, job, gate, pid_file = submit_held(app, tmp_path)
             body = read_proc(pid_file)  # the held body runs
             server.stop(keep_data=True)
             gate.touch()
@@ -154,12 +149,7 @@ def test_a_commit_that_outlasts_the_connect_timeout_fails_the_job_with_unreachab
         node = Node("restart-late", env={"GRAFTQ_CONNECT_TIMEOUT": "2"}, concurrency=1)
         with running(server.url, broker, node):
             app = client_app(node.queue, store_url=server.url, broker=broker)
-            counter = put_counter(app.entities)
-            gate, pid_file = tmp_path / "gate", tmp_path / "pid"
-            job = app.submit(
-                "held_increment",
-                {"counter": f"@{counter.lineage_id}", "gate": str(gate), "pid_file": str(pid_file)},
-            )
+            counter, job, gate, pid_file = submit_held(app, tmp_path)
             body = read_proc(pid_file)
             server.stop(keep_data=True)
             gate.touch()
@@ -183,3 +173,15 @@ def test_a_commit_that_outlasts_the_connect_timeout_fails_the_job_with_unreachab
                 assert server.url in str(failure["exc_message"]), failure
             history = app.entities.history(counter.lineage_id)
             assert [version.value for version in history] in ([0], [0, 1])
+
+
+def submit_held(app: App, tmp_path: Path) -> tuple[Any, Any, Path, Path]:
+    """A counter and a `held_increment` job on it: the body writes its pid to `pid_file`
+    and waits for `gate` to exist."""
+    counter = put_counter(app.entities)
+    gate, pid_file = tmp_path / "gate", tmp_path / "pid"
+    job = app.submit(
+        "held_increment",
+        {"counter": f"@{counter.lineage_id}", "gate": str(gate), "pid_file": str(pid_file)},
+    )
+    return counter, job, gate, pid_file
