@@ -5,15 +5,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import subprocess
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-from tests.processes import stop_session, wait_until
+from tests.processes import serving
 
 USER, PASSWORD = "ops", "s3cret-flower"
 CREDENTIALS = f"{USER}:{PASSWORD}"
@@ -39,22 +37,12 @@ def flower(app_path: str, env: dict[str, str], port: int) -> Iterator[str]:
     """`graftq flower` with basic auth on `port`; yields its base URL, always stops it."""
     args = [sys.executable, "-m", "graftq.cli", "flower", "--app", app_path,
             "--basic-auth", CREDENTIALS, "--port", str(port)]  # fmt: skip
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(
-            args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"
 
-            def answers() -> bool:
-                assert proc.poll() is None, "flower exited early"
-                with contextlib.suppress(OSError):
-                    return api(url + "/")[0] == 401
-                return False
+    def answers() -> bool:
+        with contextlib.suppress(OSError):
+            return api(url + "/")[0] == 401
+        return False
 
-            wait_until(answers, 30, "flower answering 401")
-            yield url
-        finally:
-            stop_session(proc)
-            log.seek(0)
-            print(f"--- flower log ---\n{log.read().decode(errors='replace')[-3000:]}")
+    with serving(args, env, "flower", answers):
+        yield url

@@ -16,8 +16,9 @@ import contextlib
 import os
 import signal
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,30 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> No
         if time.monotonic() >= deadline:
             raise AssertionError(f"not within {timeout}s: {what}")
         time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def serving(
+    args: list[str], env: dict[str, str], what: str, answers: Callable[[], bool]
+) -> Iterator[None]:
+    """Run server `args` in a session of its own until `answers()`; always stop it, and
+    print the tail of what it logged."""
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+
+            def up() -> bool:
+                assert proc.poll() is None, f"{what} exited early"
+                return answers()
+
+            wait_until(up, 30, f"{what} answering")
+            yield
+        finally:
+            stop_session(proc)
+            log.seek(0)
+            print(f"--- {what} log ---\n{log.read().decode(errors='replace')[-3000:]}")
 
 
 def _write_atomically(path: Path, text: str) -> None:

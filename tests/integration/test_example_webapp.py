@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 
 import httpx
@@ -19,7 +17,7 @@ import pytest
 import redis
 
 from graftq.devserver import RedisServer, WorkerProcess, free_port
-from tests.processes import stop_session, wait_until
+from tests.processes import serving
 
 pytestmark = pytest.mark.integration
 
@@ -47,25 +45,15 @@ def uvicorn(env: dict[str, str]) -> Iterator[str]:
     port = free_port()
     args = [sys.executable, "-m", "uvicorn", "examples.webapp.main:api",
             "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    with tempfile.TemporaryFile() as log:
-        server = subprocess.Popen(
-            args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
+    url = f"http://127.0.0.1:{port}"
 
-            def up() -> bool:
-                assert server.poll() is None, "uvicorn exited"
-                with contextlib.suppress(httpx.TransportError):
-                    return httpx.get(url + "/docs", timeout=2).status_code == 200
-                return False
+    def answers() -> bool:
+        with contextlib.suppress(httpx.TransportError):
+            return httpx.get(url + "/docs", timeout=2).status_code == 200
+        return False
 
-            wait_until(up, 30, "uvicorn answering")
-            yield url
-        finally:
-            stop_session(server)
-            log.seek(0)
-            print(f"--- uvicorn ---\n{log.read().decode(errors='replace')[-3000:]}")
+    with serving(args, env, "uvicorn", answers):
+        yield url
 
 
 @pytest.fixture(scope="module")
