@@ -13,6 +13,8 @@
     ├── RegistrationError                          a callable that cannot be registered
     ├── UnknownCallable         (also KeyError)    no callable of that name
     ├── ReturnTypeError         (also TypeError)   return value the annotation refuses
+    │   └── InvalidResult       (also ValidationError) a returned entity the store
+    │                                              refuses (pydantic's, as `put` raises)
     ├── VersionConflict                            a head moved under a commit
     ├── IsolationError                             the isolated child died
     │   └── TimeLimitExceeded                      ... because it ran out of time
@@ -27,7 +29,10 @@ value that was wrong.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from pydantic_core import InitErrorDetails, ValidationError
 
 
 class GraftError(Exception):
@@ -86,6 +91,49 @@ class UnknownCallable(GraftError, KeyError):
 
 class ReturnTypeError(GraftError, TypeError):
     """The function returned a value its return annotation does not admit."""
+
+
+# An entity instance passes its annotation's check unvalidated (a field assigned a value
+# of another type, say); the store refuses it at the commit with pydantic's
+# ValidationError, as `put` does (SPEC section 3). The error is both that and a
+# ReturnTypeError: its title names the callable, its `errors()` the field.
+class InvalidResult(ReturnTypeError, ValidationError):
+    """The function returned an entity that does not validate as its class."""
+
+    def __new__(
+        cls, title: str | None = None, errors: Sequence[Any] = (), *rest: Any
+    ) -> InvalidResult:
+        """Made from pydantic's line errors, or again from `errors()` as JSON carried
+        them (Celery's result backend makes a failed job's exception as ``cls(*args)``)."""
+        if rest:  # pydantic's own construction, from `from_exception_data`
+            return ValidationError.__new__(cls, title, errors, *rest)
+        title = title or (cls.__doc__ or "").strip()
+        lines = line_errors(errors)
+        made = cls.from_exception_data(title, lines)
+        made.args = (title, [{**line, "loc": list(line["loc"])} for line in lines])
+        return made
+
+    def __init__(self, *args: Any) -> None:  # made whole by __new__
+        pass
+
+    def __str__(self) -> str:
+        return super().__str__() if self.error_count() else self.title
+
+
+def line_errors(errors: Sequence[Mapping[str, Any]]) -> list[InitErrorDetails]:
+    """Pydantic's `ValidationError.errors()` as the line errors that make one again
+    (`ValidationError.from_exception_data`), whether or not JSON carried them."""
+    lines: list[InitErrorDetails] = []
+    for error in errors:
+        line: InitErrorDetails = {
+            "type": error["type"],
+            "loc": tuple(error.get("loc", ())),
+            "input": error.get("input"),
+        }
+        if error.get("ctx"):
+            line["ctx"] = error["ctx"]
+        lines.append(line)
+    return lines
 
 
 class VersionConflict(GraftError):

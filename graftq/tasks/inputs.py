@@ -10,7 +10,7 @@ from typing import Any, TypeVar, overload
 
 import pydantic
 
-from graftq.errors import GraftError, InvalidEntity
+from graftq.errors import GraftError, InvalidEntity, line_errors
 from graftq.registry import containers, references, tree
 from graftq.registry.entity import IDENTITY_FIELDS, Entity
 from graftq.registry.execution import Execution, ExecutionStatus
@@ -310,14 +310,4 @@ def _at(index: int, step: Callable[[Any], T], value: Any) -> T:
 
 def validation_error(title: str, errors: Sequence[Mapping[str, Any]]) -> pydantic.ValidationError:
     """Pydantic's ValidationError rebuilt from its `errors()` under another title."""
-    lines: list[Any] = []
-    for error in errors:
-        line = {
-            "type": error["type"],
-            "loc": tuple(error.get("loc", ())),
-            "input": error.get("input"),
-        }
-        if error.get("ctx"):
-            line["ctx"] = error["ctx"]
-        lines.append(line)
-    return pydantic.ValidationError.from_exception_data(title, lines)
+    return pydantic.ValidationError.from_exception_data(title, line_errors(errors))

@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from graftq.errors import ReturnTypeError
+import pydantic
+
+from graftq.errors import InvalidResult, ReturnTypeError
 from graftq.registry.entity import Entity
 from graftq.registry.overlay import restamped
 from graftq.registry.store import EntityRegistry
@@ -42,6 +44,16 @@ def record(value: Any) -> Recorded:
 def unrecordable(name: str, error: encoding.EncodingError) -> ReturnTypeError:
     """The error for a value callable `name` returned that graftq cannot record."""
     return ReturnTypeError(f"callable {name!r} returned a value graftq cannot record: {error}")
+
+
+def invalid(name: str, error: pydantic.ValidationError) -> InvalidResult:
+    """The error for an entity callable `name` returned that the store refused: `error`,
+    its title naming the callable."""
+    article = "an" if error.title[:1].lower() in "aeiou" else "a"
+    return InvalidResult(
+        f"callable {name!r} returned {article} {error.title}",
+        error.errors(include_url=False),
+    )
 
 
 def carried(name: str, value: Any) -> bytes:

@@ -106,20 +106,21 @@ def run_call(
         run = _Run(store, prepared, call, started, digest)
         try:
             recorded = _recorded(info, execute_body(store, prepared, call.zygote))
-            committed = _until_reachable(
-                call,
-                functools.partial(
-                    store.commit,
-                    recorded.entities,
-                    branch=True,
-                    strict=prepared.read_by_head,
-                    execution=run.record(
-                        ExecutionStatus.SUCCESS, result=recorded.data, attempts=attempt
-                    ),
-                    memo_key=memo_key,
-                    also=call.also,
+            write = functools.partial(
+                store.commit,
+                recorded.entities,
+                branch=True,
+                strict=prepared.read_by_head,
+                execution=run.record(
+                    ExecutionStatus.SUCCESS, result=recorded.data, attempts=attempt
                 ),
+                memo_key=memo_key,
+                also=call.also,
             )
+            try:
+                committed = _until_reachable(call, write)
+            except pydantic.ValidationError as exc:  # the store refused a returned entity
+                raise results.invalid(info.name, exc) from None
         except VersionConflict as exc:
             if prepared.pinned == conflicted_on:  # nothing else to read: a re-run is the same
                 exc = VersionConflict(f"{exc}; re-running cannot help: {_FUTILE}")

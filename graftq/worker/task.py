@@ -16,7 +16,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.serialization import UnpickleableExceptionWrapper, ensure_serializable
 from celery.worker.request import Request
 
-from graftq.errors import InvalidInput, TimeLimitExceeded
+from graftq.errors import InvalidInput, InvalidResult, TimeLimitExceeded
 from graftq.registry.execution import Execution, ExecutionStatus
 from graftq.registry.store import EntityRegistry
 from graftq.settings import Settings
@@ -70,6 +70,8 @@ def run_job(
         ) as summary:
             ran = run_call(store, info, input_data, call)
             summary.execution = ran.execution
+    except InvalidResult:  # its body ran: not its input, it was what it returned
+        raise
     except pydantic.ValidationError as exc:
         raise InvalidInput(str(exc), _errors(exc), exc.title) from None
     except SoftTimeLimitExceeded:

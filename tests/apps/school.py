@@ -162,6 +162,11 @@ def make_app(name: str = "school") -> App:
         return student  # type: ignore[return-value]
 
     @app.register
+    def spoil(student: Student) -> Student:
+        student.age = "old"  # type: ignore[assignment]  # assignment is not validated
+        return student
+
+    @app.register
     def out_of_memory(megabytes: int) -> int:
         """What a body that exhausts its memory raises (an allocation refused)."""
         raise MemoryError(f"cannot allocate {megabytes} MB")

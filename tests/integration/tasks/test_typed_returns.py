@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 import redis
 from pydantic import BaseModel
@@ -284,3 +285,27 @@ def test_a_dict_the_annotation_would_make_a_model_of_is_a_return_type_error(
 
     assert f"a dict at {where}" in str(caught.value)
     only_a_failure_record(redis_client, before, "ReturnTypeError")
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+@pytest.mark.parametrize("annotation", [Address, list[Address]])
+def test_an_entity_returned_with_an_invalid_field_is_a_return_type_error(
+    app: App, redis_client: redis.Redis, annotation: Any, isolation: str
+) -> None:
+    """An entity with a value assigned past validation passes the annotation's check (an
+    instance is not validated again) and the store refuses it at the commit (SPEC section
+    3: pydantic's ValidationError): the error is both, and names the callable and the field."""
+    broken = Address(city="Oslo")
+    broken.city = 7  # type: ignore[assignment]  # attribute assignment is not validated
+    name = register_returning(
+        app, broken if annotation is Address else [broken], annotation, isolation
+    )
+    before = snapshot(redis_client)
+
+    with pytest.raises(ReturnTypeError) as caught:
+        app.execute(name, {"n": 1})
+
+    assert isinstance(caught.value, pydantic.ValidationError)
+    assert [error["loc"] for error in caught.value.errors()] == [("city",)]
+    assert "callable 'give' returned an Address" in str(caught.value)
+    only_a_failure_record(redis_client, before, "InvalidResult")

@@ -235,6 +235,23 @@ def test_wrong_return_type_arrives_as_return_type_error_and_commits_nothing(app:
     assert run.inputs == {"student": str(student.ecs_id)}
 
 
+def test_a_returned_entity_the_store_refuses_is_a_return_type_error_on_the_client(
+    app: App,
+) -> None:
+    """Not the InvalidInput of a job whose input did not validate: its body ran."""
+    student = app.entities.put(Student(name="Cy", age=40))
+    job = app.submit("spoil", {"student": f"@{student.lineage_id}"})
+
+    with pytest.raises(graftq.ReturnTypeError) as caught:
+        job.get(timeout=30)
+
+    assert isinstance(caught.value, pydantic.ValidationError)
+    assert [error["loc"] for error in caught.value.errors()] == [("age",)]
+    assert "callable 'spoil' returned a Student" in str(caught.value)
+    assert app.entities.version_ids(student.lineage_id) == [str(student.ecs_id)]
+    failure_record(app, job.id, "InvalidResult: ")
+
+
 def test_asubmit_and_aget_inside_an_event_loop(app: App, tmp_path: Path) -> None:
     student = app.entities.put(Student(name="Di", age=50))
     gate, pid_file = tmp_path / "gate", tmp_path / "held.pid"
